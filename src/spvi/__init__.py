@@ -2,4 +2,10 @@
 
 from importlib.metadata import version
 
+from spvi._likelihoods import LIKELIHOODS
+from spvi._model import SPVI
+from spvi._module import SPVAE
+from spvi._objectives import OBJECTIVES
+
 __version__ = version("spvi")
+__all__ = ["LIKELIHOODS", "OBJECTIVES", "SPVAE", "SPVI"]

@@ -1,0 +1,221 @@
+"""The likelihood table: one entry per observation model, from its name to its decoder head.
+
+Each head maps the decoder's hidden layer to the parameters of one modality's likelihood and knows
+three things about that likelihood: how to read the raw data into the encoder, the element-wise
+log-likelihood of the data, and the expected value (what :meth:`spvi.SPVI.predict` returns).
+
+==============  ==============================  =========================================================
+name            data                            model
+==============  ==============================  =========================================================
+``nb``          counts (RNA)                    negative binomial, mean ``library * softmax``, per-feature
+                                                inverse dispersion (scVI)
+``zinb``        counts (RNA)                    zero-inflated negative binomial (scVI)
+``poisson``     counts (RNA, ATAC fragments)    Poisson, rate ``library * softmax``
+``bernoulli``   counts, binarised (ATAC)        Bernoulli on ``x > 0``
+``nbmixture``   counts (protein, ADT)           two-component NB mixture, background and foreground
+                                                (totalVI)
+``gaussian``    continuous (methylation         Normal with learned per-feature standard deviation;
+                M-values, normalised bulk)      ``NaN`` entries are "not measured" and masked
+==============  ==============================  =========================================================
+"""
+
+from __future__ import annotations
+
+import torch
+from scvi.distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
+from torch import nn
+from torch.nn import functional as F
+
+_EPS = 1e-8
+# Bounds that keep count parameters finite when the decoder is driven far from the data.
+_MAX_LOG_RATE = 15.0
+_MIN_LOG_THETA, _MAX_LOG_THETA = -10.0, 12.0
+
+
+class LikelihoodHead(nn.Module):
+    """Base class of a decoder head: hidden layer -> parameters of one modality's likelihood.
+
+    Parameters
+    ----------
+    n_hidden
+        Width of the decoder's last hidden layer.
+    n_output
+        Number of features of the modality.
+    """
+
+    #: Whether the likelihood is for non-negative integer counts.
+    is_count: bool = True
+    #: Whether the mean scales with the cell's observed library size.
+    uses_library: bool = False
+
+    def __init__(self, n_hidden: int, n_output: int):
+        super().__init__()
+        self.n_output = n_output
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform raw data into the encoder's input (``log1p`` for counts)."""
+        return torch.log1p(x)
+
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Parameters of the likelihood for each row of ``hidden``."""
+        raise NotImplementedError
+
+    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Element-wise log-likelihood of ``x`` (same shape as ``x``)."""
+        raise NotImplementedError
+
+    def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean of the likelihood on the data scale."""
+        raise NotImplementedError
+
+
+class _SoftmaxRateHead(LikelihoodHead):
+    """Shared part of NB, ZINB and Poisson: ``rate = library * softmax(W h + b)``."""
+
+    uses_library = True
+
+    def __init__(self, n_hidden: int, n_output: int):
+        super().__init__(n_hidden, n_output)
+        self.scale_logits = nn.Linear(n_hidden, n_output)
+
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+        log_scale = F.log_softmax(self.scale_logits(hidden), dim=-1)
+        rate = torch.exp(torch.clamp(log_scale + torch.log(library), max=_MAX_LOG_RATE))
+        return {"rate": rate}
+
+    def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return params["rate"]
+
+
+class NegativeBinomialHead(_SoftmaxRateHead):
+    """Negative binomial with per-feature inverse dispersion, as in scVI."""
+
+    def __init__(self, n_hidden: int, n_output: int):
+        super().__init__(n_hidden, n_output)
+        self.log_theta = nn.Parameter(torch.randn(n_output))
+
+    def _theta(self) -> torch.Tensor:
+        return torch.exp(torch.clamp(self.log_theta, _MIN_LOG_THETA, _MAX_LOG_THETA))
+
+    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return NegativeBinomial(mu=params["rate"] + _EPS, theta=self._theta()).log_prob(x)
+
+
+class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
+    """Zero-inflated negative binomial, as in scVI."""
+
+    def __init__(self, n_hidden: int, n_output: int):
+        super().__init__(n_hidden, n_output)
+        self.dropout_logits = nn.Linear(n_hidden, n_output)
+
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+        params = super().forward(hidden, library)
+        params["zi_logits"] = self.dropout_logits(hidden)
+        return params
+
+    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        distribution = ZeroInflatedNegativeBinomial(
+            mu=params["rate"] + _EPS, theta=self._theta(), zi_logits=params["zi_logits"]
+        )
+        return distribution.log_prob(x)
+
+    def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return params["rate"] * torch.sigmoid(-params["zi_logits"])
+
+
+class PoissonHead(_SoftmaxRateHead):
+    """Poisson with rate ``library * softmax``."""
+
+    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.distributions.Poisson(params["rate"] + _EPS, validate_args=False).log_prob(x)
+
+
+class BernoulliHead(LikelihoodHead):
+    """Bernoulli on binarised counts (``x > 0``), e.g. ATAC peaks; the mean is the probability of a count."""
+
+    def __init__(self, n_hidden: int, n_output: int):
+        super().__init__(n_hidden, n_output)
+        self.logits = nn.Linear(n_hidden, n_output)
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        return (x > 0).to(x.dtype)
+
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.logits(hidden)}
+
+    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return -F.binary_cross_entropy_with_logits(params["logits"], (x > 0).to(x.dtype), reduction="none")
+
+    def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.sigmoid(params["logits"])
+
+
+class NegativeBinomialMixtureHead(LikelihoodHead):
+    """Background/foreground NB mixture for protein counts, as in totalVI.
+
+    The background rate is decoded per cell and protein; the foreground rate is the background times
+    ``1 + softplus(.)``, so it is always larger; the mixing weight of the background is ``sigmoid(logits)``.
+    Protein counts are not scaled by a library size (as in totalVI).
+    """
+
+    def __init__(self, n_hidden: int, n_output: int):
+        super().__init__(n_hidden, n_output)
+        self.log_background = nn.Linear(n_hidden, n_output)
+        self.foreground_increase = nn.Linear(n_hidden, n_output)
+        self.background_logits = nn.Linear(n_hidden, n_output)
+        self.log_theta = nn.Parameter(2.0 * torch.rand(n_output))
+
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+        background = torch.exp(torch.clamp(self.log_background(hidden), max=_MAX_LOG_RATE))
+        foreground = background * (1.0 + F.softplus(self.foreground_increase(hidden)))
+        return {"background": background, "foreground": foreground, "logits": self.background_logits(hidden)}
+
+    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        theta = torch.exp(torch.clamp(self.log_theta, _MIN_LOG_THETA, _MAX_LOG_THETA))
+        distribution = NegativeBinomialMixture(
+            mu1=params["background"] + _EPS, mu2=params["foreground"] + _EPS, theta1=theta, mixture_logits=params["logits"]
+        )
+        return distribution.log_prob(x)
+
+    def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        weight_background = torch.sigmoid(params["logits"])
+        return weight_background * params["background"] + (1.0 - weight_background) * params["foreground"]
+
+
+class GaussianHead(LikelihoodHead):
+    """Normal with a learned per-feature standard deviation; ``NaN`` in the data is masked ("not measured")."""
+
+    is_count = False
+
+    def __init__(self, n_hidden: int, n_output: int):
+        super().__init__(n_hidden, n_output)
+        self.loc = nn.Linear(n_hidden, n_output)
+        # softplus(-1) ~ 0.31: the reference implementation's starting noise level for standardised features
+        self.raw_scale = nn.Parameter(-torch.ones(n_output))
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(x, nan=0.0)
+
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loc": self.loc(hidden)}
+
+    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        observed = ~torch.isnan(x)
+        scale = F.softplus(self.raw_scale) + 1e-4
+        log_prob = torch.distributions.Normal(params["loc"], scale).log_prob(torch.where(observed, x, params["loc"]))
+        return torch.where(observed, log_prob, torch.zeros_like(log_prob))
+
+    def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return params["loc"]
+
+
+#: Likelihood name -> decoder head class. The names are the public values of ``likelihoods=`` in
+#: :meth:`spvi.SPVI.setup_mudata`.
+LIKELIHOODS: dict[str, type[LikelihoodHead]] = {
+    "nb": NegativeBinomialHead,
+    "zinb": ZeroInflatedNegativeBinomialHead,
+    "poisson": PoissonHead,
+    "bernoulli": BernoulliHead,
+    "nbmixture": NegativeBinomialMixtureHead,
+    "gaussian": GaussianHead,
+}

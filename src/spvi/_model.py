@@ -1,0 +1,587 @@
+"""The user-facing model: data registration from MuData, training, embeddings, prediction, save/load."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from mudata import MuData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager, fields
+from scvi.data._constants import _SETUP_ARGS_KEY
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from spvi._constants import (
+    PRESENCE_KEY,
+    PRESENCE_OBSM_KEY,
+    SHARED_OBSM_KEY,
+    UNLABELED_CATEGORY,
+    data_key,
+    private_obsm_key,
+)
+from spvi._data import build_registered_mudata, check_setup_arguments
+from spvi._likelihoods import LIKELIHOODS
+from spvi._module import SPVAE
+from spvi._objectives import OBJECTIVES
+
+logger = logging.getLogger(__name__)
+
+LatentKind = Literal["shared", "private", "all"]
+
+
+class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
+    """Shared-private multimodal VAE (MMVAE++ of Märtens & Yau 2023, with MVAE, MMVAE and MoPoE-VAE).
+
+    The latent space is partitioned into ``[z_shared, z_private_1, ..., z_private_M]``: ``z_shared``
+    explains variation common to all modalities, each ``z_private_m`` variation of modality ``m`` only.
+    With ``objective="mmvae++"`` the joint posterior is a mixture of the modality experts and
+    ``z_shared`` learns only from cross-modal reconstructions (its gradient is cut in same-modality
+    terms), so strong private variation does not leak into it.
+
+    Parameters
+    ----------
+    mdata
+        MuData registered with :meth:`setup_mudata`.
+    n_shared
+        Dimension of ``z_shared``.
+    n_private
+        Dimension of each private block: one int for all modalities or ``{modality: int}``.
+    objective
+        ``"mmvae++"`` (default), ``"mmvae"``, ``"mopoe"`` (MoPoE-VAE) or ``"mvae"``.
+    n_hidden
+        Width of the hidden layers of every encoder and decoder.
+    n_layers
+        Number of hidden layers (the paper uses one layer of 128 LeakyReLU units).
+    label_weight
+        Weight of the label term when ``labels_key`` was given to :meth:`setup_mudata`.
+    dropout_rate
+        Dropout rate in the hidden layers.
+    use_layer_norm
+        Layer normalisation in the hidden layers.
+
+    Examples
+    --------
+    >>> spvi.SPVI.setup_mudata(mdata, modalities=["rna", "atac"], layers={"rna": "counts"},
+    ...                        likelihoods={"atac": "bernoulli"})
+    >>> model = spvi.SPVI(mdata, n_shared=10, n_private=10)
+    >>> model.train(max_epochs=200)
+    >>> model.write_latents(mdata)  # mdata.obsm["X_spvi_shared"], mdata.obsm["X_spvi_private_rna"], ...
+    >>> atac_from_rna = model.predict(source="rna", target="atac")
+    """
+
+    _module_cls = SPVAE
+    # user MuData -> the padded MuData registered with scvi-tools (see spvi._data)
+    _registered: weakref.WeakKeyDictionary[MuData, MuData] = weakref.WeakKeyDictionary()
+
+    def __init__(
+        self,
+        mdata: MuData,
+        n_shared: int = 10,
+        n_private: int | Mapping[str, int] = 10,
+        objective: str = "mmvae++",
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        label_weight: float = 1.0,
+        dropout_rate: float = 0.0,
+        use_layer_norm: bool = False,
+    ):
+        super().__init__(self._registered_mudata(mdata))
+        self.mdata = mdata
+        setup_args = self.adata_manager.registry[_SETUP_ARGS_KEY]
+        self.modalities: list[str] = list(setup_args["modalities"])
+        self.likelihoods: dict[str, str] = dict(setup_args["likelihoods"])
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if not isinstance(n_shared, int) or n_shared < 1:
+            raise ValueError(f"n_shared must be a positive int, got {n_shared!r}")
+        n_private_per_modality = self._private_sizes(n_private)
+
+        labels_key = setup_args["labels_key"]
+        self.label_categories: list[str] = []
+        if labels_key is not None:
+            mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY).categorical_mapping
+            self.label_categories = [str(c) for c in mapping if c != UNLABELED_CATEGORY]
+        n_cats_per_cov = (
+            self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).n_cats_per_key
+            if REGISTRY_KEYS.CAT_COVS_KEY in self.adata_manager.data_registry
+            else None
+        )
+        self.module = self._module_cls(
+            n_input=[self.adata.mod[m].n_vars for m in self.modalities],
+            likelihoods=[self.likelihoods[m] for m in self.modalities],
+            modalities=self.modalities,
+            n_shared=n_shared,
+            n_private=[n_private_per_modality[m] for m in self.modalities],
+            objective=objective,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_batch=self.summary_stats.n_batch,
+            n_cats_per_cov=list(n_cats_per_cov) if n_cats_per_cov is not None else None,
+            n_labels=len(self.label_categories),
+            label_weight=label_weight,
+            dropout_rate=dropout_rate,
+            use_layer_norm=use_layer_norm,
+            library_median=self._library_medians(),
+        )
+        self._model_summary_string = (
+            f"SPVI ({objective}): modalities {self.modalities} with likelihoods "
+            f"{[self.likelihoods[m] for m in self.modalities]}, n_shared={n_shared}, "
+            f"n_private={[n_private_per_modality[m] for m in self.modalities]}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    def _private_sizes(self, n_private: int | Mapping[str, int]) -> dict[str, int]:
+        sizes = {m: n_private for m in self.modalities} if isinstance(n_private, int) else dict(n_private)
+        if set(sizes) != set(self.modalities):
+            raise ValueError(f"n_private must be an int or a dict with one entry per modality {self.modalities}")
+        for modality, size in sizes.items():
+            if not isinstance(size, int) or size < 0:
+                raise ValueError(f"n_private for modality {modality!r} must be an int >= 0, got {size!r}")
+        return sizes
+
+    def _library_medians(self) -> list[float]:
+        """Median library size of the observed cells of each modality (for cells that lack it)."""
+        presence = self.adata.obsm[PRESENCE_OBSM_KEY].astype(bool)
+        medians = []
+        for m, modality in enumerate(self.modalities):
+            if not LIKELIHOODS[self.likelihoods[modality]].uses_library:
+                medians.append(1.0)
+                continue
+            totals = np.asarray(self.adata.mod[modality].X[presence[:, m]].sum(axis=1)).ravel()
+            medians.append(float(max(np.median(totals), 1.0)))
+        return medians
+
+    # ------------------------------------------------------------------ registration
+    @classmethod
+    def setup_anndata(cls, adata, **kwargs) -> None:
+        """Not supported: spvi models several modalities and needs a MuData (see :meth:`setup_mudata`)."""
+        raise TypeError("SPVI needs a MuData with one AnnData per modality: use SPVI.setup_mudata")
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        modalities: Sequence[str] | None = None,
+        layers: Mapping[str, str | None] | None = None,
+        likelihoods: Mapping[str, str] | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a MuData with spvi.
+
+        Cells may lack some modalities (partial overlap): they are padded internally and marked in a
+        presence mask, and every term that involves a missing modality is dropped. The MuData is not
+        modified.
+
+        Parameters
+        ----------
+        mdata
+            MuData with one AnnData per modality.
+        modalities
+            Names of the modalities to model (at least two); default all of ``mdata.mod``.
+        layers
+            ``{modality: layer}``; modalities not listed (or ``None``) use ``.X``. Count likelihoods need
+            raw counts.
+        likelihoods
+            ``{modality: likelihood}`` with likelihoods ``"nb"``, ``"zinb"``, ``"poisson"``,
+            ``"bernoulli"``, ``"nbmixture"``, ``"gaussian"``. Default: ``"nb"`` for integer counts,
+            ``"gaussian"`` otherwise.
+        batch_key
+            Column of ``mdata.obs`` with the batch, injected into encoders and decoders (as in scVI).
+        labels_key
+            Column of ``mdata.obs`` with a categorical label decoded from ``z_shared`` (semi-supervised);
+            ``NaN`` or ``"unknown"`` marks unlabelled cells.
+        categorical_covariate_keys
+            Further categorical columns of ``mdata.obs`` injected like the batch.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields` (used when loading a model).
+
+        Raises
+        ------
+        ValueError
+            Unknown modality, layer or column; ``inf`` anywhere; ``NaN``, negative or non-integer values
+            under a count likelihood; cells without any of the modalities.
+        TypeError
+            ``mdata`` is not a MuData.
+        """
+        modalities, layers, likelihoods, covariate_keys = check_setup_arguments(
+            mdata, modalities, layers, likelihoods, batch_key, labels_key, categorical_covariate_keys
+        )
+        registered, likelihoods = build_registered_mudata(
+            mdata,
+            modalities,
+            layers,
+            likelihoods,
+            covariate_keys,
+            labels_key,
+            feature_order=cls._trained_feature_order(kwargs.get("source_registry"), modalities),
+        )
+        # the registry keeps the resolved modalities and likelihoods, so a loaded model sees the same ones
+        setup_method_args = cls._get_setup_method_args(
+            cls=cls,
+            mdata=mdata,
+            modalities=modalities,
+            layers=layers,
+            likelihoods=likelihoods,
+            batch_key=batch_key,
+            labels_key=labels_key,
+            categorical_covariate_keys=categorical_covariate_keys,
+        )
+        data_fields = [
+            fields.MuDataLayerField(
+                data_key(m), None, mod_key=m, is_count_data=LIKELIHOODS[likelihoods[m]].is_count, mod_required=True
+            )
+            for m in modalities
+        ]
+        other_fields = [
+            fields.MuDataObsmField(PRESENCE_KEY, PRESENCE_OBSM_KEY),
+            fields.MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            fields.MuDataCategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+        ]
+        if labels_key is not None:
+            other_fields.append(
+                fields.MuDataLabelsWithUnlabeledObsField(
+                    REGISTRY_KEYS.LABELS_KEY, labels_key, unlabeled_category=UNLABELED_CATEGORY
+                )
+            )
+        adata_manager = AnnDataManager(fields=data_fields + other_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(registered, **kwargs)
+        cls.register_manager(adata_manager)
+        cls._registered[mdata] = registered
+
+    @staticmethod
+    def _trained_feature_order(source_registry: dict | None, modalities: list[str]) -> dict[str, list[str]] | None:
+        if source_registry is None:
+            return None
+        field_registries = source_registry["field_registries"]
+        return {m: list(field_registries[data_key(m)]["state_registry"]["column_names"]) for m in modalities}
+
+    @classmethod
+    def _registered_mudata(cls, mdata: MuData) -> MuData:
+        if not isinstance(mdata, MuData):
+            raise TypeError(f"SPVI needs a MuData object, got {type(mdata).__name__}")
+        if mdata not in cls._registered:
+            raise ValueError("Please set up the MuData with spvi.SPVI.setup_mudata(mdata, ...) first")
+        return cls._registered[mdata]
+
+    def _validate_anndata(self, adata: MuData | None = None, copy_if_view: bool = True) -> MuData:
+        """The registered (padded) MuData for a user's MuData; new data is checked and padded first."""
+        if adata is None or adata is self.adata:
+            return super()._validate_anndata(self.adata, copy_if_view=copy_if_view)
+        if adata not in self._registered:
+            setup_args = self.adata_manager.registry[_SETUP_ARGS_KEY]
+            self.setup_mudata(adata, source_registry=self.adata_manager.registry, **setup_args)
+        return super()._validate_anndata(self._registered[adata], copy_if_view=copy_if_view)
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int = 200,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        n_epochs_kl_warmup: int | None = None,
+        min_kl_weight: float = 1e-5,
+        max_kl_weight: float = 1.0,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train the model with scvi-tools' Lightning trainer (GPU when available, progress bar).
+
+        Parameters
+        ----------
+        max_epochs
+            Number of passes through the training data.
+        batch_size
+            Minibatch size.
+        lr
+            Adam learning rate.
+        n_epochs_kl_warmup
+            Epochs over which the KL weight rises linearly from ``min_kl_weight`` to ``max_kl_weight``;
+            default ``max_epochs`` (the paper anneals over the whole run).
+        min_kl_weight, max_kl_weight
+            Start and end of the KL weight.
+        train_size
+            Fraction of cells used for training; the rest (or ``validation_size``) for validation.
+        validation_size
+            Fraction of cells for validation.
+        early_stopping
+            Stop when the validation ELBO stops improving (see ``early_stopping_patience`` etc. in
+            ``trainer_kwargs``).
+        accelerator, devices
+            Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``) and devices.
+        plan_kwargs
+            Further arguments of :class:`scvi.train.TrainingPlan` (override the ones above).
+        **trainer_kwargs
+            Further arguments of :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
+        """
+        plan_kwargs = {
+            "lr": lr,
+            "n_epochs_kl_warmup": max_epochs if n_epochs_kl_warmup is None else n_epochs_kl_warmup,
+            "min_kl_weight": min_kl_weight,
+            "max_kl_weight": max_kl_weight,
+            **(plan_kwargs or {}),
+        }
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            validation_size=validation_size,
+            early_stopping=early_stopping,
+            accelerator=accelerator,
+            devices=devices,
+            plan_kwargs=plan_kwargs,
+            **trainer_kwargs,
+        )
+
+    # ------------------------------------------------------------------ inference helpers
+    def _minibatches(
+        self, mdata: MuData | None, indices: Sequence[int] | None, batch_size: int | None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        registered = self._validate_anndata(mdata)
+        self.module.eval()
+        yield from self._make_data_loader(adata=registered, indices=indices, batch_size=batch_size)
+
+    def _modality_indices(self, names: str | Sequence[str] | None, argument: str) -> list[int]:
+        if names is None:
+            return list(range(len(self.modalities)))
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.modalities]
+        if unknown or not names:
+            raise ValueError(f"{argument} must name modalities the model was trained on {self.modalities}, got {names}")
+        return [self.modalities.index(n) for n in names]
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        mdata: MuData | None = None,
+        kind: LatentKind = "shared",
+        modality: str | Sequence[str] | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Posterior means of the latent blocks.
+
+        Parameters
+        ----------
+        mdata
+            MuData to embed (default: the training data); new data must have the training modalities.
+        kind
+            ``"shared"``: ``z_shared`` (n_obs x n_shared) from the joint posterior of the cell's observed
+            modalities, or only from ``modality`` when given. ``"private"``: ``z_private`` of ``modality``
+            (``NaN`` rows for cells that lack it). ``"all"``: ``[z_shared, z_private_1, ..., z_private_M]``.
+        modality
+            For ``"shared"``: modalities to encode from (default all); for ``"private"``: the modality.
+        indices
+            Cells to embed (positions); default all.
+        batch_size
+            Minibatch size.
+        """
+        if kind not in ("shared", "private", "all"):
+            raise ValueError(f"kind must be 'shared', 'private' or 'all', got {kind!r}")
+        if kind == "private" and not isinstance(modality, str):
+            raise ValueError(f"kind='private' needs modality= one of {self.modalities}")
+        sources = self._modality_indices(modality, "modality")
+        blocks = []
+        for tensors in self._minibatches(mdata, indices, batch_size):
+            outputs = self.module.inference(**self.module._get_inference_input(tensors))
+            presence = outputs["presence"]
+            source_mask = torch.zeros_like(presence)
+            source_mask[:, sources] = True
+            shared = self.module.shared_posterior_mean(outputs["qz_shared"], presence & source_mask)
+            privates = [
+                torch.where(presence[:, m : m + 1], q.loc, torch.full_like(q.loc, float("nan")))
+                for m, q in enumerate(outputs["qz_private"])
+            ]
+            if kind == "shared":
+                blocks.append(shared)
+            elif kind == "private":
+                blocks.append(privates[sources[0]])
+            else:
+                blocks.append(torch.cat([shared, *privates], dim=1))
+        return torch.cat(blocks).cpu().numpy()
+
+    def write_latents(self, mdata: MuData | None = None, batch_size: int | None = None) -> None:
+        """Write the embeddings into ``mdata.obsm`` for scanpy.
+
+        Adds ``mdata.obsm["X_spvi_shared"]`` and ``mdata.obsm["X_spvi_private_<modality>"]`` for every
+        modality (``NaN`` rows for cells that lack the modality) and nothing else.
+
+        Parameters
+        ----------
+        mdata
+            MuData to embed and write into (default: the training MuData).
+        batch_size
+            Minibatch size.
+        """
+        mdata = self.mdata if mdata is None else mdata
+        shared = self.get_latent_representation(mdata, kind="shared", batch_size=batch_size)
+        privates = {
+            m: self.get_latent_representation(mdata, kind="private", modality=m, batch_size=batch_size)
+            for m in self.modalities
+        }
+        mdata.obsm[SHARED_OBSM_KEY] = shared
+        for modality, private in privates.items():
+            mdata.obsm[private_obsm_key(modality)] = private
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        source: str | Sequence[str],
+        target: str,
+        mdata: MuData | None = None,
+        library_size: float | Sequence[float] | np.ndarray | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Cross-modal prediction: expected value of ``target`` from ``source`` alone.
+
+        ``z_shared`` is the posterior mean from the source modalities; the target's private block is
+        set to its prior mean 0 (unless the target is itself a source). Cells that lack every source
+        get ``NaN`` rows.
+
+        Parameters
+        ----------
+        source
+            Modality (or modalities) to predict from.
+        target
+            Modality to predict.
+        mdata
+            MuData to predict for (default: the training data).
+        library_size
+            For library-scaled count likelihoods (``nb``, ``zinb``, ``poisson``): the library size to
+            predict at, a scalar or one value per cell. Default: the target's observed library size where
+            the cell has the target, else the median library size of the training cells.
+        indices
+            Cells (positions); default all.
+        batch_size
+            Minibatch size.
+
+        Returns
+        -------
+        ``n_cells x n_features(target)`` array on the data scale: expected counts for count
+        likelihoods, the probability of a non-zero count for ``bernoulli``, the mean for ``gaussian``.
+        """
+        sources = self._modality_indices(source, "source")
+        (target_index,) = self._modality_indices([target] if isinstance(target, str) else target, "target")
+        library_override = None
+        if library_size is not None:
+            library_override = torch.as_tensor(np.asarray(library_size, dtype=np.float32).reshape(-1, 1))
+        predictions, start = [], 0
+        for tensors in self._minibatches(mdata, indices, batch_size):
+            n_obs = tensors[PRESENCE_KEY].shape[0]
+            library = self._prediction_library(tensors, target_index, library_override, start, n_obs)
+            predictions.append(self.module.predict_target(tensors, sources, target_index, library).cpu())
+            start += n_obs
+        return torch.cat(predictions).numpy()
+
+    def _prediction_library(
+        self, tensors: dict, target: int, override: torch.Tensor | None, start: int, n_obs: int
+    ) -> torch.Tensor:
+        if override is not None:
+            return override.expand(n_obs, 1) if override.shape[0] == 1 else override[start : start + n_obs]
+        observed = tensors[PRESENCE_KEY][:, target : target + 1].bool()
+        library = self.module.observed_library(tensors[data_key(self.modalities[target])])
+        median = self.module.library_median[target].cpu().expand_as(library)
+        return torch.where(observed, library, median)
+
+    @torch.inference_mode()
+    def predict_labels(
+        self, mdata: MuData | None = None, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> pd.DataFrame:
+        """Class probabilities of the label head (semi-supervised model) at the posterior mean of ``z_shared``.
+
+        Parameters
+        ----------
+        mdata
+            MuData (default: the training data).
+        indices
+            Cells (positions); default all.
+        batch_size
+            Minibatch size.
+
+        Returns
+        -------
+        DataFrame ``n_cells x n_classes`` indexed by cell name, one column per label category.
+        """
+        if self.module.classifier is None:
+            raise ValueError("the model has no label head: pass labels_key= to SPVI.setup_mudata")
+        registered = self._validate_anndata(mdata)
+        probabilities = torch.cat(
+            [self.module.predict_labels(tensors).cpu() for tensors in self._minibatches(mdata, indices, batch_size)]
+        ).numpy()
+        obs_names = registered.obs_names if indices is None else registered.obs_names[np.asarray(indices)]
+        return pd.DataFrame(probabilities, index=obs_names, columns=self.label_categories)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, dir_path: str, overwrite: bool = False, save_mudata: bool = False, **save_kwargs) -> None:
+        """Save the model (and optionally the training MuData) to a directory, atomically.
+
+        The files are written to a temporary directory beside ``dir_path`` and moved into place when
+        complete, so an interrupted save never leaves a half-written model.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to create.
+        overwrite
+            Replace an existing directory; otherwise an existing ``dir_path`` is an error.
+        save_mudata
+            Also write the training MuData as ``mdata.h5mu`` (then :meth:`load` needs no MuData).
+        **save_kwargs
+            Passed to :func:`torch.save`.
+        """
+        dir_path = os.path.abspath(dir_path)
+        if os.path.exists(dir_path) and not overwrite:
+            raise FileExistsError(f"{dir_path} already exists; pass overwrite=True to replace it")
+        parent = os.path.dirname(dir_path)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".spvi-save-", dir=parent)
+        try:
+            super().save(staging, overwrite=True, save_anndata=False, save_kwargs=save_kwargs)
+            if save_mudata:
+                self.mdata.write(os.path.join(staging, "mdata.h5mu"))
+            if os.path.exists(dir_path):
+                shutil.rmtree(dir_path)
+            os.replace(staging, dir_path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str,
+        mdata: MuData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ) -> SPVI:
+        """Load a saved model.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        mdata
+            MuData with the modalities (and features) the model was trained on; features in another
+            order are reordered, missing features are an error. Default: the MuData saved with the model.
+        accelerator, device
+            Where to put the model.
+        """
+        if mdata is None and not os.path.exists(os.path.join(dir_path, "mdata.h5mu")):
+            raise ValueError(f"{dir_path} holds no saved MuData (save_mudata=False): pass the MuData to SPVI.load")
+        return super().load(dir_path, adata=mdata, accelerator=accelerator, device=device)

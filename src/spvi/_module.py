@@ -1,0 +1,358 @@
+"""The partitioned-latent multimodal VAE and its four objectives (the maths of spvi)."""
+
+from __future__ import annotations
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+from torch.nn import functional as F
+
+from spvi._constants import PRESENCE_KEY, data_key
+from spvi._likelihoods import LIKELIHOODS
+from spvi._nn import ModalityDecoder, ModalityEncoder
+from spvi._objectives import Objective, Term, make_objective
+
+
+def product_of_experts(qz: list[Normal], weights: torch.Tensor) -> Normal:
+    """Product of Gaussian experts and the prior ``N(0, I)``.
+
+    Parameters
+    ----------
+    qz
+        One diagonal Gaussian per expert, each ``(n, d)``.
+    weights
+        ``(n, n_experts)``: 1 where an expert takes part for a cell, 0 where it does not.
+    """
+    precision = torch.ones_like(qz[0].loc)
+    weighted_mean = torch.zeros_like(qz[0].loc)
+    for j, q in enumerate(qz):
+        expert_precision = weights[:, j : j + 1] / q.scale.pow(2)
+        precision = precision + expert_precision
+        weighted_mean = weighted_mean + expert_precision * q.loc
+    return Normal(weighted_mean / precision, precision.rsqrt())
+
+
+def _standard_normal_kl(q: Normal) -> torch.Tensor:
+    """KL(q || N(0, I)) summed over latent dimensions, ``(n,)``."""
+    return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(-1)
+
+
+class SPVAE(BaseModuleClass):
+    """Multimodal VAE with latent ``[z_shared, z_private_1, ..., z_private_M]``.
+
+    Encoder ``m`` gives ``q_m(z_shared | x_m)`` and ``q_m(z_private_m | x_m)``; decoder ``m`` maps
+    ``[z_shared, z_private_m]`` to the parameters of modality ``m``'s likelihood. The objective
+    (:mod:`spvi._objectives`) decides which ELBO terms are summed.
+
+    Parameters
+    ----------
+    n_input
+        Number of features per modality.
+    likelihoods
+        Likelihood name per modality (keys of :data:`spvi._likelihoods.LIKELIHOODS`).
+    modalities
+        Modality names (used as registry keys of the data).
+    n_shared
+        Dimension of ``z_shared``.
+    n_private
+        Dimension of each ``z_private_m``.
+    objective
+        ``"mmvae++"``, ``"mmvae"``, ``"mopoe"`` or ``"mvae"``.
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Number of hidden layers of each encoder and decoder.
+    n_batch
+        Number of batches (0 or 1: no batch covariate).
+    n_cats_per_cov
+        Number of categories of each extra categorical covariate.
+    n_labels
+        Number of label classes for the semi-supervised label head on ``z_shared`` (0: no label head).
+    label_weight
+        Weight of the label cross-entropy.
+    dropout_rate
+        Dropout in the hidden layers.
+    use_layer_norm
+        Layer normalisation in the hidden layers.
+    library_median
+        Median library size per modality, used to predict counts of cells that lack the target modality.
+    """
+
+    def __init__(
+        self,
+        n_input: list[int],
+        likelihoods: list[str],
+        modalities: list[str],
+        n_shared: int,
+        n_private: list[int],
+        objective: str = "mmvae++",
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        n_batch: int = 0,
+        n_cats_per_cov: list[int] | None = None,
+        n_labels: int = 0,
+        label_weight: float = 1.0,
+        dropout_rate: float = 0.0,
+        use_layer_norm: bool = False,
+        library_median: list[float] | None = None,
+    ):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.n_modalities = len(self.modalities)
+        self.n_shared = n_shared
+        self.n_private = list(n_private)
+        self.objective_name = objective
+        self.objective: Objective = make_objective(objective, self.n_modalities)
+        self.n_labels = n_labels
+        self.label_weight = label_weight
+
+        n_cat_list = [n_batch, *(n_cats_per_cov or [])]
+        layer_kwargs = {
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "n_cat_list": n_cat_list,
+            "dropout_rate": dropout_rate,
+            "use_layer_norm": use_layer_norm,
+        }
+        self.encoders = nn.ModuleList(
+            ModalityEncoder(n_input[m], n_shared, self.n_private[m], **layer_kwargs) for m in range(self.n_modalities)
+        )
+        self.decoders = nn.ModuleList(
+            ModalityDecoder(
+                n_shared + self.n_private[m], LIKELIHOODS[likelihoods[m]](n_hidden, n_input[m]), **layer_kwargs
+            )
+            for m in range(self.n_modalities)
+        )
+        self.classifier = nn.Linear(n_shared, n_labels) if n_labels > 0 else None
+        median = library_median if library_median is not None else [1.0] * self.n_modalities
+        self.register_buffer("library_median", torch.tensor(median, dtype=torch.float32))
+
+    # ------------------------------------------------------------------ data plumbing
+    def _categorical(self, tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Batch and categorical covariates as ``(n, 1)`` int64 columns, the form ``FCLayers`` expects."""
+        columns = [tensors[REGISTRY_KEYS.BATCH_KEY].long()]
+        cat_covs = tensors.get(REGISTRY_KEYS.CAT_COVS_KEY)
+        if cat_covs is not None:
+            columns.extend(cat_covs.long().split(1, dim=1))
+        return columns
+
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {
+            "x": [tensors[data_key(name)] for name in self.modalities],
+            "presence": tensors[PRESENCE_KEY].bool(),
+            "categorical": self._categorical(tensors),
+        }
+
+    @auto_move_data
+    def inference(self, x: list[torch.Tensor], presence: torch.Tensor, categorical: list[torch.Tensor]) -> dict:
+        """Posterior of the shared and the private block from each modality's encoder."""
+        qz_shared, qz_private = [], []
+        for m, encoder in enumerate(self.encoders):
+            encoder_input = self.decoders[m].likelihood.encoder_input(x[m])
+            q_shared, q_private = encoder(encoder_input, *categorical)
+            qz_shared.append(q_shared)
+            qz_private.append(q_private)
+        return {"qz_shared": qz_shared, "qz_private": qz_private, "presence": presence}
+
+    def _get_generative_input(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> dict:
+        return {
+            "qz_shared": inference_outputs["qz_shared"],
+            "qz_private": inference_outputs["qz_private"],
+            "presence": inference_outputs["presence"],
+            "library": [self.observed_library(tensors[data_key(name)]) for name in self.modalities],
+            "categorical": self._categorical(tensors),
+        }
+
+    @staticmethod
+    def observed_library(x: torch.Tensor) -> torch.Tensor:
+        """Library size per cell, ``(n, 1)``, at least 1 so that empty or padded rows stay finite."""
+        return torch.nan_to_num(x, nan=0.0).sum(dim=1, keepdim=True).clamp(min=1.0)
+
+    # ------------------------------------------------------------------ posteriors of z_shared
+    def _term_experts(self, term: Term, presence: torch.Tensor) -> torch.Tensor:
+        """``(n, M)`` bool: the modalities whose encoders form this term's posterior, per cell."""
+        if term.experts is None:
+            return presence
+        selected = torch.zeros_like(presence)
+        selected[:, list(term.experts)] = True
+        return selected & presence
+
+    def _term_is_valid(self, term: Term, presence: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` bool: all experts of the term are observed (or, for ``experts=None``, any is)."""
+        if term.experts is None:
+            return presence.any(dim=1)
+        return presence[:, list(term.experts)].all(dim=1)
+
+    def _term_posterior(self, term: Term, qz_shared: list[Normal], experts: torch.Tensor) -> Normal:
+        """Posterior of ``z_shared`` of one term: a single expert, or the product of experts and prior."""
+        if not term.product:
+            (expert,) = term.experts
+            return qz_shared[expert]
+        return product_of_experts(qz_shared, experts.to(qz_shared[0].loc.dtype))
+
+    def shared_posterior_mean(self, qz_shared: list[Normal], presence: torch.Tensor) -> torch.Tensor:
+        """Mean of the joint posterior of ``z_shared`` given the modalities in ``presence``.
+
+        The mean of the objective's posterior components that are valid for a cell (for MMVAE and
+        MMVAE++ the average of the experts' means, for MoPoE-VAE the average over subsets of the
+        product-of-experts means, for MVAE the product of experts); ``NaN`` for cells without any.
+        """
+        total = torch.zeros_like(qz_shared[0].loc)
+        count = torch.zeros_like(total[:, :1])
+        for term in self.objective.posterior:
+            valid = self._term_is_valid(term, presence).unsqueeze(1)
+            mean = self._term_posterior(term, qz_shared, self._term_experts(term, presence)).loc
+            total = total + torch.where(valid, mean, torch.zeros_like(mean))
+            count = count + valid.to(total.dtype)
+        return total / count.where(count > 0, torch.full_like(count, float("nan")))
+
+    # ------------------------------------------------------------------ generative model
+    @auto_move_data
+    def generative(
+        self,
+        qz_shared: list[Normal],
+        qz_private: list[Normal],
+        presence: torch.Tensor,
+        library: list[torch.Tensor],
+        categorical: list[torch.Tensor],
+    ) -> dict:
+        """Sample each term's latent and decode its targets; each decoder runs once on all its terms.
+
+        Returns the likelihood parameters per target (terms stacked along the first axis), the order of
+        the stacked terms, and per term its validity, KL and shared sample.
+        """
+        n_obs = presence.shape[0]
+        z_private = [q.rsample() for q in qz_private]
+        kl_private = torch.stack([_standard_normal_kl(q) for q in qz_private], dim=1)  # (n, M)
+
+        decoder_inputs: list[list[torch.Tensor]] = [[] for _ in range(self.n_modalities)]
+        stacked_terms: list[list[int]] = [[] for _ in range(self.n_modalities)]
+        valid, kl, z_shared_samples = [], [], []
+        for t, term in enumerate(self.objective.terms):
+            experts = self._term_experts(term, presence)
+            posterior = self._term_posterior(term, qz_shared, experts)
+            z_shared = posterior.rsample()
+            z_shared_samples.append(z_shared)
+            valid.append(self._term_is_valid(term, presence))
+            kl.append(_standard_normal_kl(posterior) + (kl_private * experts).sum(dim=1))
+            targets = range(self.n_modalities) if term.targets is None else term.targets
+            for m in targets:
+                own_modality = experts[:, m : m + 1]
+                shared_input = z_shared.detach() if term.stop_gradient and term.experts == (m,) else z_shared
+                private_input = torch.where(own_modality, z_private[m], torch.zeros_like(z_private[m]))
+                decoder_inputs[m].append(torch.cat([shared_input, private_input], dim=1))
+                stacked_terms[m].append(t)
+
+        params = []
+        for m, decoder in enumerate(self.decoders):
+            if not decoder_inputs[m]:
+                params.append(None)
+                continue
+            n_terms = len(decoder_inputs[m])
+            params.append(
+                decoder(
+                    torch.cat(decoder_inputs[m], dim=0),
+                    library[m].repeat(n_terms, 1),
+                    *(c.repeat(n_terms, 1) for c in categorical),
+                )
+            )
+        return {
+            "params": params,
+            "stacked_terms": stacked_terms,
+            "valid": torch.stack(valid, dim=1),  # (n, T)
+            "kl": torch.stack(kl, dim=1),  # (n, T)
+            "z_shared": z_shared_samples,
+            "n_obs": n_obs,
+        }
+
+    # ------------------------------------------------------------------ objective
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+    ) -> LossOutput:
+        """Negative ELBO of the objective (plus the weighted label cross-entropy), averaged over cells."""
+        presence = inference_outputs["presence"]
+        n_obs = generative_outputs["n_obs"]
+        n_terms = len(self.objective.terms)
+        valid = generative_outputs["valid"].to(generative_outputs["kl"].dtype)
+        weights = valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0) if self.objective.mixture else valid
+
+        # reconstruction[m][:, t]: -log p(x_m | z of term t), 0 where the term does not decode m or m is missing
+        reconstruction = []
+        for m, name in enumerate(self.modalities):
+            per_term = torch.zeros(n_obs, n_terms, device=presence.device)
+            if generative_outputs["params"][m] is not None:
+                x = tensors[data_key(name)]
+                terms = generative_outputs["stacked_terms"][m]
+                log_prob = self.decoders[m].likelihood.log_prob(x.repeat(len(terms), 1), generative_outputs["params"][m])
+                neg_log_lik = -log_prob.sum(dim=1).view(len(terms), n_obs).T  # (n, len(terms))
+                observed = presence[:, m : m + 1]
+                per_term[:, terms] = torch.where(observed, neg_log_lik, torch.zeros_like(neg_log_lik))
+            reconstruction.append(per_term)
+
+        kl = generative_outputs["kl"]
+        term_loss = sum(reconstruction) + kl_weight * kl
+        extra_metrics = {}
+        if self.classifier is not None:
+            label_loss = self._label_loss(tensors[REGISTRY_KEYS.LABELS_KEY], generative_outputs["z_shared"])
+            term_loss = term_loss + self.label_weight * label_loss
+            extra_metrics["label_loss"] = (weights * label_loss).sum(dim=1).mean()
+
+        loss = (weights * term_loss).sum(dim=1).mean()
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss={
+                f"reconstruction_{name}": (weights * reconstruction[m]).sum(dim=1) for m, name in enumerate(self.modalities)
+            },
+            kl_local={"kl": (weights * kl).sum(dim=1)},
+            extra_metrics=extra_metrics,
+        )
+
+    def _label_loss(self, labels: torch.Tensor, z_shared: list[torch.Tensor]) -> torch.Tensor:
+        """``(n, T)`` cross-entropy of the label decoded from each term's ``z_shared``; 0 for unlabelled cells."""
+        labels = labels.long().view(-1)
+        labelled = labels < self.n_labels
+        target = torch.where(labelled, labels, torch.zeros_like(labels))
+        losses = [
+            F.cross_entropy(self.classifier(z), target, reduction="none") * labelled.to(z.dtype) for z in z_shared
+        ]
+        return torch.stack(losses, dim=1)
+
+    # ------------------------------------------------------------------ prediction
+    @torch.inference_mode()
+    def predict_target(
+        self,
+        tensors: dict[str, torch.Tensor],
+        sources: list[int],
+        target: int,
+        library: torch.Tensor,
+    ) -> torch.Tensor:
+        """Expected value of modality ``target`` given only the modalities ``sources``.
+
+        ``z_shared`` is the posterior mean from the sources; the target's private block is its posterior
+        mean when the target is itself a source and observed, otherwise its prior mean 0.
+        """
+        inference_outputs = self.inference(**self._get_inference_input(tensors))
+        presence = inference_outputs["presence"]
+        source_mask = torch.zeros_like(presence)
+        source_mask[:, sources] = True
+        z_shared = self.shared_posterior_mean(inference_outputs["qz_shared"], presence & source_mask)
+        private_mean = inference_outputs["qz_private"][target].loc
+        use_private = (presence & source_mask)[:, target : target + 1]
+        z_private = torch.where(use_private, private_mean, torch.zeros_like(private_mean))
+        params = self.decoders[target](
+            torch.cat([z_shared, z_private], dim=1), library, *self._categorical(tensors)
+        )
+        return self.decoders[target].likelihood.expected_value(params)
+
+    @torch.inference_mode()
+    def predict_labels(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class probabilities of the label head at the joint posterior mean of ``z_shared``."""
+        inference_outputs = self.inference(**self._get_inference_input(tensors))
+        z_shared = self.shared_posterior_mean(inference_outputs["qz_shared"], inference_outputs["presence"])
+        return torch.softmax(self.classifier(z_shared), dim=-1)
