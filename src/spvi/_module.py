@@ -276,25 +276,9 @@ class SPVAE(BaseModuleClass):
         kl_weight: float = 1.0,
     ) -> LossOutput:
         """Negative ELBO of the objective (plus the weighted label cross-entropy), averaged over cells."""
-        presence = inference_outputs["presence"]
-        n_obs = generative_outputs["n_obs"]
-        n_terms = len(self.objective.terms)
         valid = generative_outputs["valid"].to(generative_outputs["kl"].dtype)
         weights = valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0) if self.objective.mixture else valid
-
-        # reconstruction[m][:, t]: -log p(x_m | z of term t), 0 where the term does not decode m or m is missing
-        reconstruction = []
-        for m, name in enumerate(self.modalities):
-            per_term = torch.zeros(n_obs, n_terms, device=presence.device)
-            if generative_outputs["params"][m] is not None:
-                x = tensors[data_key(name)]
-                terms = generative_outputs["stacked_terms"][m]
-                log_prob = self.decoders[m].likelihood.log_prob(x.repeat(len(terms), 1), generative_outputs["params"][m])
-                neg_log_lik = -log_prob.sum(dim=1).view(len(terms), n_obs).T  # (n, len(terms))
-                observed = presence[:, m : m + 1]
-                per_term[:, terms] = torch.where(observed, neg_log_lik, torch.zeros_like(neg_log_lik))
-            reconstruction.append(per_term)
-
+        reconstruction = self.reconstruction_per_term(tensors, inference_outputs["presence"], generative_outputs)
         kl = generative_outputs["kl"]
         term_loss = sum(reconstruction) + kl_weight * kl
         extra_metrics = {}
@@ -312,6 +296,27 @@ class SPVAE(BaseModuleClass):
             kl_local={"kl": (weights * kl).sum(dim=1)},
             extra_metrics=extra_metrics,
         )
+
+    def reconstruction_per_term(
+        self, tensors: dict[str, torch.Tensor], presence: torch.Tensor, generative_outputs: dict
+    ) -> list[torch.Tensor]:
+        """Negative log-likelihood of each modality under each term, one ``(n, T)`` tensor per modality.
+
+        Entry ``[i, t]`` of modality ``m`` is ``-log p(x_m | z)`` for cell ``i`` with the latent of term ``t``;
+        it is 0 where term ``t`` does not decode ``m`` or cell ``i`` lacks ``m``.
+        """
+        n_obs, n_terms = presence.shape[0], len(self.objective.terms)
+        reconstruction = []
+        for m, name in enumerate(self.modalities):
+            per_term = torch.zeros(n_obs, n_terms, device=presence.device)
+            params = generative_outputs["params"][m]
+            if params is not None:
+                terms = generative_outputs["stacked_terms"][m]
+                x = tensors[data_key(name)].repeat(len(terms), 1)
+                neg_log_lik = -self.decoders[m].likelihood.log_prob(x, params).sum(dim=1).view(len(terms), n_obs).T
+                per_term[:, terms] = torch.where(presence[:, m : m + 1], neg_log_lik, torch.zeros_like(neg_log_lik))
+            reconstruction.append(per_term)
+        return reconstruction
 
     def _label_loss(self, labels: torch.Tensor, z_shared: list[torch.Tensor]) -> torch.Tensor:
         """``(n, T)`` cross-entropy of the label decoded from each term's ``z_shared``; 0 for unlabelled cells."""

@@ -1,0 +1,241 @@
+"""The SPVI model on real MuData: registration, every likelihood, embeddings, prediction, save/load, errors."""
+
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import scvi
+
+import spvi
+
+TRAIN_KWARGS = {"enable_progress_bar": False, "enable_checkpointing": False}
+
+
+def _train(model: spvi.SPVI, epochs: int = 3) -> spvi.SPVI:
+    model.train(max_epochs=epochs, batch_size=128, **TRAIN_KWARGS)
+    return model
+
+
+def _elbo(model: spvi.SPVI) -> np.ndarray:
+    return model.history["elbo_train"]["elbo_train"].to_numpy(dtype=float)
+
+
+def _snapshot(mdata: md.MuData) -> dict:
+    """What a user's MuData holds, to check that spvi leaves it alone."""
+    return {
+        "obs_names": mdata.obs_names.tolist(),
+        "obs": mdata.obs.copy(),
+        "obsm": set(mdata.obsm.keys()),
+        "mods": {
+            name: (a.obs_names.tolist(), a.var_names.tolist(), (a.X.toarray() if sp.issparse(a.X) else a.X).copy())
+            for name, a in mdata.mod.items()
+        },
+    }
+
+
+def _assert_unchanged(mdata: md.MuData, before: dict, new_obsm: set = frozenset()) -> None:
+    assert mdata.obs_names.tolist() == before["obs_names"]
+    pd.testing.assert_frame_equal(mdata.obs, before["obs"])
+    assert set(mdata.obsm.keys()) == before["obsm"] | set(new_obsm)
+    for name, (obs_names, var_names, x) in before["mods"].items():
+        a = mdata.mod[name]
+        assert a.obs_names.tolist() == obs_names
+        assert a.var_names.tolist() == var_names
+        np.testing.assert_array_equal(a.X.toarray() if sp.issparse(a.X) else a.X, x)
+
+
+@pytest.fixture
+def cite(cite_path):
+    return md.read_h5mu(cite_path)
+
+
+@pytest.fixture
+def cll_small(cll_path):
+    """CLL patients with mRNA or methylation, 300 features of each plus the mutations (34% NaN)."""
+    mdata = md.read_h5mu(cll_path)
+    keep = mdata.obs_names[mdata.obs["has_rna"].astype(bool) | mdata.obs["has_meth"].astype(bool)]
+    mdata = mdata[keep].copy()
+    return md.MuData(
+        {"rna": mdata["rna"][:, :300].copy(), "meth": mdata["meth"][:, :300].copy(), "mut": mdata["mut"].copy()},
+        obs=mdata.obs,
+    )
+
+
+@pytest.mark.parametrize(("rna_likelihood", "protein_likelihood"), [("nb", "nbmixture"), ("zinb", "nb")])
+def test_count_likelihoods_on_cite_mosaic(cite, rna_likelihood, protein_likelihood):
+    before = _snapshot(cite)
+    spvi.SPVI.setup_mudata(
+        cite,
+        modalities=["rna", "protein"],
+        layers={"rna": "counts", "protein": "counts"},
+        likelihoods={"rna": rna_likelihood, "protein": protein_likelihood},
+        batch_key="batch",
+    )
+    model = _train(spvi.SPVI(cite, n_shared=6, n_private=3))
+    losses = _elbo(model)
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0]
+
+    z = model.get_latent_representation()
+    assert z.shape == (cite.n_obs, 6)
+    assert np.isfinite(z).all()  # every cell has rna or protein
+    private_protein = model.get_latent_representation(kind="private", modality="protein")
+    has_protein = cite.obs["has_protein"].to_numpy().astype(bool)
+    assert np.isnan(private_protein[~has_protein]).all()
+    assert np.isfinite(private_protein[has_protein]).all()
+
+    protein_from_rna = model.predict(source="rna", target="protein")
+    assert protein_from_rna.shape == (cite.n_obs, cite["protein"].n_vars)
+    has_rna = cite.obs["has_rna"].to_numpy().astype(bool)
+    assert np.isfinite(protein_from_rna[has_rna]).all()
+    assert (protein_from_rna[has_rna] >= 0).all()
+    assert np.isnan(protein_from_rna[~has_rna]).all()  # protein-only cells have no rna to predict from
+    _assert_unchanged(cite, before)
+
+
+def test_predict_library_size(cite):
+    spvi.SPVI.setup_mudata(cite, modalities=["rna", "protein"], layers={"rna": "counts", "protein": "counts"})
+    model = _train(spvi.SPVI(cite, n_shared=4, n_private=2), epochs=1)
+    observed = model.predict(source="protein", target="rna")
+    has_rna = cite.obs["has_rna"].to_numpy().astype(bool)
+    both = has_rna & cite.obs["has_protein"].to_numpy().astype(bool)
+    rna_counts = cite["rna"].layers["counts"]
+    library = np.asarray(rna_counts.sum(axis=1)).ravel()
+    library_by_cell = pd.Series(library, index=cite["rna"].obs_names)
+    # NB mean sums to the library size over features (softmax scale)
+    np.testing.assert_allclose(observed[both].sum(axis=1), library_by_cell[cite.obs_names[both]], rtol=1e-3)
+    # cells without rna are predicted at the median library size of the rna cells
+    protein_only = ~has_rna
+    np.testing.assert_allclose(observed[protein_only].sum(axis=1), np.median(library), rtol=1e-3)
+    fixed = model.predict(source="protein", target="rna", library_size=1e4)
+    np.testing.assert_allclose(np.nansum(fixed, axis=1)[~np.isnan(fixed).any(axis=1)], 1e4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("atac_likelihood", ["bernoulli", "poisson"])
+def test_atac_likelihoods_on_multiome(multiome_path, atac_likelihood):
+    mdata = md.read_h5mu(multiome_path)
+    spvi.SPVI.setup_mudata(mdata, layers={"rna": "counts", "atac": "counts"}, likelihoods={"atac": atac_likelihood})
+    model = _train(spvi.SPVI(mdata, n_shared=4, n_private=2, objective="mopoe"))
+    assert np.isfinite(_elbo(model)).all()
+    atac = model.predict(source="rna", target="atac")
+    assert atac.shape == (mdata.n_obs, mdata["atac"].n_vars)
+    if atac_likelihood == "bernoulli":
+        assert ((atac > 0) & (atac < 1)).all()
+    else:
+        assert (atac >= 0).all()
+
+
+def test_gaussian_with_nan_and_partial_overlap_on_cll(cll_small):
+    assert np.isnan(cll_small["mut"].X).any()
+    before = _snapshot(cll_small)
+    spvi.SPVI.setup_mudata(cll_small, labels_key="IGHV")
+    assert spvi.SPVI(cll_small).likelihoods == {"rna": "gaussian", "meth": "gaussian", "mut": "gaussian"}
+    model = _train(spvi.SPVI(cll_small, n_shared=3, n_private=2, objective="mvae"), epochs=5)
+    assert np.isfinite(_elbo(model)).all()
+    model.write_latents()
+    new_keys = {"X_spvi_shared", "X_spvi_private_rna", "X_spvi_private_meth", "X_spvi_private_mut"}
+    _assert_unchanged(cll_small, before, new_keys)
+    has_rna = cll_small.obs_names.isin(cll_small["rna"].obs_names)
+    assert np.isnan(cll_small.obsm["X_spvi_private_rna"][~has_rna]).all()
+    assert np.isfinite(cll_small.obsm["X_spvi_shared"]).all()
+
+    probabilities = model.predict_labels()
+    assert sorted(probabilities.columns) == sorted(str(v) for v in cll_small.obs["IGHV"].dropna().unique())
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_semi_supervised_label_head_learns_ighv(cll_path):
+    """With IGHV given, the label head on z_shared separates the two IGHV groups on the training patients."""
+    mdata = md.read_h5mu(cll_path)
+    both = mdata.obs_names[mdata.obs["has_rna"].astype(bool) & mdata.obs["has_meth"].astype(bool)]
+    mdata = md.MuData({"rna": mdata["rna"][both, :500].copy(), "meth": mdata["meth"][both, :500].copy()})
+    mdata.obs["IGHV"] = md.read_h5mu(cll_path).obs.loc[both, "IGHV"]
+    spvi.SPVI.setup_mudata(mdata, labels_key="IGHV")
+    scvi.settings.seed = 0
+    model = spvi.SPVI(mdata, n_shared=2, n_private=2, label_weight=10.0)
+    model.train(max_epochs=60, lr=3e-3, train_size=1.0, **TRAIN_KWARGS)
+    probabilities = model.predict_labels()
+    probabilities = probabilities[probabilities.columns[probabilities.columns.astype(float) == 1.0][0]]
+    labelled = mdata.obs["IGHV"].notna()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(mdata.obs.loc[labelled, "IGHV"], probabilities[labelled]) > 0.9
+
+
+def test_save_load_gives_identical_latents(cite, tmp_path):
+    spvi.SPVI.setup_mudata(cite, modalities=["rna", "protein"], layers={"rna": "counts", "protein": "counts"})
+    model = _train(spvi.SPVI(cite, n_shared=4, n_private=2, objective="mopoe"), epochs=1)
+    z = model.get_latent_representation()
+    prediction = model.predict(source="rna", target="protein")
+    model.save(tmp_path / "model")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "model")
+    model.save(tmp_path / "model", overwrite=True)
+
+    loaded = spvi.SPVI.load(tmp_path / "model", cite)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), z)
+    np.testing.assert_array_equal(loaded.predict(source="rna", target="protein"), prediction)
+    assert loaded.module.objective_name == "mopoe"
+
+    fresh = md.read_h5mu(cite.filename) if cite.filename else None
+    if fresh is not None:
+        np.testing.assert_array_equal(spvi.SPVI.load(tmp_path / "model", fresh).get_latent_representation(), z)
+    with pytest.raises(ValueError, match="no saved MuData"):
+        spvi.SPVI.load(tmp_path / "model")
+
+
+def test_embedding_new_data_and_reordered_features(cite, cite_path):
+    spvi.SPVI.setup_mudata(cite, modalities=["rna", "protein"], layers={"rna": "counts", "protein": "counts"})
+    model = _train(spvi.SPVI(cite, n_shared=4, n_private=2), epochs=1)
+    z = model.get_latent_representation()
+    other = md.read_h5mu(cite_path)
+    shuffled = md.MuData({"rna": other["rna"][:, ::-1].copy(), "protein": other["protein"].copy()})
+    shuffled.obs = other.obs
+    np.testing.assert_allclose(model.get_latent_representation(shuffled), z, rtol=1e-5, atol=1e-6)
+    missing = md.MuData({"rna": other["rna"][:, 5:].copy(), "protein": other["protein"].copy()})
+    with pytest.raises(ValueError, match="modality 'rna' lacks 5 of the 500 features"):
+        model.get_latent_representation(missing)
+
+
+def test_bad_inputs_raise_clear_errors(cite, cll_small):
+    with pytest.raises(ValueError, match="modality 'atac' not found"):
+        spvi.SPVI.setup_mudata(cite, modalities=["rna", "atac"])
+    with pytest.raises(ValueError, match="layer 'raw' not found in modality 'rna'"):
+        spvi.SPVI.setup_mudata(cite, layers={"rna": "raw"})
+    with pytest.raises(ValueError, match="likelihood 'gamma' for modality 'rna' is unknown"):
+        spvi.SPVI.setup_mudata(cite, likelihoods={"rna": "gamma"})
+    with pytest.raises(ValueError, match="batch_key 'donor' is not a column of mdata.obs"):
+        spvi.SPVI.setup_mudata(cite, batch_key="donor")
+    with pytest.raises(ValueError, match=r"modality 'rna', \.X contains non-integer values.*'nb'"):
+        spvi.SPVI.setup_mudata(cll_small, modalities=["rna", "meth"], likelihoods={"rna": "nb"})
+    with pytest.raises(ValueError, match=r"modality 'mut', \.X contains NaN.*'poisson'"):
+        spvi.SPVI.setup_mudata(cll_small, modalities=["meth", "mut"], likelihoods={"mut": "poisson"})
+    negative = cite["protein"].layers["counts"].copy()
+    negative.data[0] = -1.0
+    cite["protein"].layers["negative"] = negative
+    with pytest.raises(ValueError, match="layer 'negative' contains negative values"):
+        spvi.SPVI.setup_mudata(cite, layers={"rna": "counts", "protein": "negative"}, likelihoods={"protein": "nb"})
+    cite["protein"].layers["inf"] = cite["protein"].layers["counts"].toarray()
+    cite["protein"].layers["inf"][0, 0] = np.inf
+    with pytest.raises(ValueError, match="layer 'inf' contains inf"):
+        spvi.SPVI.setup_mudata(cite, layers={"rna": "counts", "protein": "inf"}, likelihoods={"protein": "gaussian"})
+    with pytest.raises(TypeError, match="needs a MuData"):
+        spvi.SPVI.setup_mudata(cite["rna"])
+    with pytest.raises(ValueError, match="setup_mudata"):
+        spvi.SPVI(md.MuData({"a": cite["rna"].copy(), "b": cite["rna"].copy()}))
+
+    spvi.SPVI.setup_mudata(cite, layers={"rna": "counts", "protein": "counts"})
+    model = spvi.SPVI(cite)
+    with pytest.raises(ValueError, match="source must name modalities the model was trained on"):
+        model.predict(source="atac", target="rna")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        spvi.SPVI(cite, objective="vae")
+    with pytest.raises(ValueError, match="no label head"):
+        model.predict_labels()
+
+
+def test_cells_without_any_modality_are_rejected(cll_path):
+    mdata = md.read_h5mu(cll_path)
+    with pytest.raises(ValueError, match="3 cells have none of the modalities"):
+        spvi.SPVI.setup_mudata(mdata, modalities=["rna", "meth"])

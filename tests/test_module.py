@@ -1,0 +1,161 @@
+"""The maths of the module: stop-gradient, the four objectives' terms, masking of missing modalities."""
+
+import pytest
+import torch
+from scvi import REGISTRY_KEYS
+
+from spvi._constants import PRESENCE_KEY, data_key
+from spvi._module import SPVAE, product_of_experts
+from spvi._objectives import make_objective
+
+MODALITIES = ["a", "b"]
+N_OBS = 32
+
+
+def _module(objective: str, likelihoods=("gaussian", "nb"), n_modalities: int = 2, **kwargs) -> SPVAE:
+    torch.manual_seed(0)
+    names = [f"m{i}" for i in range(n_modalities)]
+    return SPVAE(
+        n_input=[7] * n_modalities,
+        likelihoods=list(likelihoods)[:n_modalities] + ["gaussian"] * (n_modalities - len(likelihoods)),
+        modalities=names,
+        n_shared=3,
+        n_private=[2] * n_modalities,
+        objective=objective,
+        n_hidden=16,
+        **kwargs,
+    )
+
+
+def _tensors(module: SPVAE, presence: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    tensors = {}
+    for name, decoder in zip(module.modalities, module.decoders, strict=True):
+        if decoder.likelihood.is_count:
+            tensors[data_key(name)] = torch.poisson(torch.full((N_OBS, 7), 3.0), generator=generator)
+        else:
+            tensors[data_key(name)] = torch.randn(N_OBS, 7, generator=generator)
+    tensors[PRESENCE_KEY] = torch.ones(N_OBS, module.n_modalities) if presence is None else presence
+    tensors[REGISTRY_KEYS.BATCH_KEY] = torch.zeros(N_OBS, 1)
+    tensors[REGISTRY_KEYS.LABELS_KEY] = torch.zeros(N_OBS, 1)
+    return tensors
+
+
+def _reconstruction(module: SPVAE, tensors):
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    generative_outputs = module.generative(**module._get_generative_input(tensors, inference_outputs))
+    presence = inference_outputs["presence"]
+    return module.reconstruction_per_term(tensors, presence, generative_outputs), generative_outputs
+
+
+def _shared_head_grad(module: SPVAE, loss: torch.Tensor, expert: int) -> torch.Tensor:
+    weight = module.encoders[expert].shared_head.linear.weight
+    (grad,) = torch.autograd.grad(loss, weight, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(weight) if grad is None else grad
+
+
+def test_stop_gradient_mmvae_plus_plus():
+    module = _module("mmvae++")
+    reconstruction, _ = _reconstruction(module, _tensors(module))
+    # term j = expert j; reconstruction[m][:, j] decodes modality m from expert j
+    for j in range(2):
+        same = reconstruction[j][:, j].sum()
+        cross = reconstruction[1 - j][:, j].sum()
+        assert torch.count_nonzero(_shared_head_grad(module, same, j)) == 0
+        assert _shared_head_grad(module, cross, j).abs().sum() > 0
+        # the private head of the expert still learns from its own modality
+        private_weight = module.encoders[j].private_head.linear.weight
+        (private_grad,) = torch.autograd.grad(same, private_weight, retain_graph=True)
+        assert private_grad.abs().sum() > 0
+
+
+def test_mmvae_without_stop_gradient_passes_same_modality_gradient():
+    module = _module("mmvae")
+    reconstruction, _ = _reconstruction(module, _tensors(module))
+    same = reconstruction[0][:, 0].sum()
+    assert _shared_head_grad(module, same, 0).abs().sum() > 0
+
+
+def test_same_modality_term_uses_value_of_shared_sample():
+    """The detached z_shared still changes the same-modality reconstruction (value used, gradient cut)."""
+    module = _module("mmvae++")
+    tensors = _tensors(module)
+    reconstruction, _ = _reconstruction(module, tensors)
+    with torch.no_grad():
+        module.encoders[0].shared_head.linear.bias[:3] += 5.0
+    shifted, _ = _reconstruction(module, tensors)
+    assert not torch.allclose(reconstruction[0][:, 0], shifted[0][:, 0])
+
+
+def test_cross_modal_terms_decode_with_private_block_at_zero():
+    module = _module("mmvae++")
+    tensors = _tensors(module)
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    generative_inputs = module._get_generative_input(tensors, inference_outputs)
+    captured = []
+    hook = module.decoders[1].trunk.register_forward_hook(lambda mod, args, out: captured.append(args[0]))
+    module.generative(**generative_inputs)
+    hook.remove()
+    stacked = captured[0].view(2, N_OBS, -1)  # terms (expert 0, expert 1) decoding modality 1
+    assert torch.all(stacked[0, :, 3:] == 0)  # cross-modal: private block of modality 1 at 0
+    assert torch.all(stacked[1, :, 3:] != 0)  # same-modality: sampled private block
+
+
+@pytest.mark.parametrize(
+    ("objective", "n_terms", "mixture"),
+    [("mmvae++", 3, True), ("mmvae", 3, True), ("mopoe", 7, True), ("mvae", 4, False)],
+)
+def test_objective_terms(objective, n_terms, mixture):
+    spec = make_objective(objective, 3)
+    assert len(spec.terms) == n_terms
+    assert spec.mixture is mixture
+    has_cross_modal = any(t.targets is None and t.experts is not None and len(t.experts) < 3 for t in spec.terms)
+    assert has_cross_modal is (objective != "mvae")
+
+
+def test_mvae_has_no_cross_modal_terms():
+    module = _module("mvae")
+    reconstruction, generative_outputs = _reconstruction(module, _tensors(module))
+    # term 0: joint (decodes both); term 1: only modality 0; term 2: only modality 1
+    assert generative_outputs["stacked_terms"] == [[0, 1], [0, 2]]
+    assert torch.all(reconstruction[1][:, 1] == 0)
+    assert torch.all(reconstruction[0][:, 2] == 0)
+
+
+def test_product_of_experts_matches_closed_form():
+    q1 = torch.distributions.Normal(torch.tensor([[1.0]]), torch.tensor([[0.5]]))
+    q2 = torch.distributions.Normal(torch.tensor([[-2.0]]), torch.tensor([[1.0]]))
+    product = product_of_experts([q1, q2], torch.ones(1, 2))
+    precision = 1 + 1 / 0.25 + 1
+    assert product.loc.item() == pytest.approx((1.0 / 0.25 - 2.0) / precision)
+    assert product.scale.item() == pytest.approx(precision**-0.5)
+    # an absent expert drops out of the product
+    only_first = product_of_experts([q1, q2], torch.tensor([[1.0, 0.0]]))
+    assert only_first.loc.item() == pytest.approx((1.0 / 0.25) / (1 + 4))
+
+
+@pytest.mark.parametrize("objective", ["mmvae++", "mmvae", "mopoe", "mvae"])
+def test_missing_modality_contributes_nothing(objective):
+    """A cell without modality 1 gets the same loss whatever zeros/garbage stand in its padded row."""
+    module = _module(objective)
+    presence = torch.ones(N_OBS, 2)
+    presence[: N_OBS // 2, 1] = 0
+    tensors = _tensors(module, presence)
+    torch.manual_seed(5)
+    loss_a = module(tensors, compute_loss=True)[2].loss
+    tensors[data_key("m1")][: N_OBS // 2] = 1000.0
+    torch.manual_seed(5)
+    loss_b = module(tensors, compute_loss=True)[2].loss
+    assert torch.isfinite(loss_a)
+    assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-6)
+
+
+def test_gaussian_nan_entries_are_masked():
+    module = _module("mmvae++", likelihoods=("gaussian", "gaussian"))
+    tensors = _tensors(module)
+    tensors[data_key("m0")][0, :3] = float("nan")
+    torch.manual_seed(3)
+    loss = module(tensors, compute_loss=True)[2].loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
