@@ -98,7 +98,9 @@ def check_matrix(matrix, modality: str, layer: str | None, likelihood: str | Non
     if likelihood is None:
         likelihood = "nb" if _is_count_data(values) else "gaussian"
     if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood {likelihood!r} for modality {modality!r} is unknown; choose one of {list(LIKELIHOODS)}")
+        raise ValueError(
+            f"likelihood {likelihood!r} for modality {modality!r} is unknown; choose one of {list(LIKELIHOODS)}"
+        )
     if LIKELIHOODS[likelihood].is_count:
         if np.isnan(values).any():
             raise ValueError(
@@ -118,7 +120,9 @@ def check_matrix(matrix, modality: str, layer: str | None, likelihood: str | Non
 def _check_unique(names: pd.Index, what: str) -> None:
     if not names.is_unique:
         duplicated = names[names.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"{what} are not unique (e.g. {duplicated}); make them unique, e.g. with .obs_names_make_unique()")
+        raise ValueError(
+            f"{what} are not unique (e.g. {duplicated}); make them unique, e.g. with .obs_names_make_unique()"
+        )
 
 
 def _categorical_column(mdata: MuData, key: str, option: str) -> pd.Series:
@@ -231,7 +235,9 @@ def build_registered_mudata(
     for key in covariate_keys:
         column = mdata.obs[key]
         if column.isna().any():
-            raise ValueError(f"mdata.obs[{key!r}] has {column.isna().sum()} missing values; covariates must be complete")
+            raise ValueError(
+                f"mdata.obs[{key!r}] has {column.isna().sum()} missing values; covariates must be complete"
+            )
         registered.obs[key] = column.astype(str).astype("category").to_numpy()
     if labels_key is not None:
         registered.obs[labels_key] = label_column(mdata.obs[labels_key]).to_numpy()

@@ -173,7 +173,10 @@ class NegativeBinomialMixtureHead(LikelihoodHead):
     def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         theta = torch.exp(torch.clamp(self.log_theta, _MIN_LOG_THETA, _MAX_LOG_THETA))
         distribution = NegativeBinomialMixture(
-            mu1=params["background"] + _EPS, mu2=params["foreground"] + _EPS, theta1=theta, mixture_logits=params["logits"]
+            mu1=params["background"] + _EPS,
+            mu2=params["foreground"] + _EPS,
+            theta1=theta,
+            mixture_logits=params["logits"],
         )
         return distribution.log_prob(x)
 

@@ -139,7 +139,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         self.init_params_ = self._get_init_params(locals())
 
     def _private_sizes(self, n_private: int | Mapping[str, int]) -> dict[str, int]:
-        sizes = {m: n_private for m in self.modalities} if isinstance(n_private, int) else dict(n_private)
+        sizes = dict.fromkeys(self.modalities, n_private) if isinstance(n_private, int) else dict(n_private)
         if set(sizes) != set(self.modalities):
             raise ValueError(f"n_private must be an int or a dict with one entry per modality {self.modalities}")
         for modality, size in sizes.items():

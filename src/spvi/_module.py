@@ -291,7 +291,8 @@ class SPVAE(BaseModuleClass):
         return LossOutput(
             loss=loss,
             reconstruction_loss={
-                f"reconstruction_{name}": (weights * reconstruction[m]).sum(dim=1) for m, name in enumerate(self.modalities)
+                f"reconstruction_{name}": (weights * reconstruction[m]).sum(dim=1)
+                for m, name in enumerate(self.modalities)
             },
             kl_local={"kl": (weights * kl).sum(dim=1)},
             extra_metrics=extra_metrics,
@@ -350,9 +351,7 @@ class SPVAE(BaseModuleClass):
         private_mean = inference_outputs["qz_private"][target].loc
         use_private = (presence & source_mask)[:, target : target + 1]
         z_private = torch.where(use_private, private_mean, torch.zeros_like(private_mean))
-        params = self.decoders[target](
-            torch.cat([z_shared, z_private], dim=1), library, *self._categorical(tensors)
-        )
+        params = self.decoders[target](torch.cat([z_shared, z_private], dim=1), library, *self._categorical(tensors))
         return self.decoders[target].likelihood.expected_value(params)
 
     @torch.inference_mode()
