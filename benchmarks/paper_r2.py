@@ -32,10 +32,10 @@ RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def load(dataset: str, n_other: int, seed: int) -> tuple[md.MuData, np.ndarray, np.ndarray]:
+def load(dataset: str, n_other: int, seed: int, n_obs: int) -> tuple[md.MuData, np.ndarray, np.ndarray]:
     """The data with shared/other features selected, and the train/test sample names."""
     if dataset == "synthetic":
-        mdata = spvi.datasets.synthetic_gp(n_obs=1000, n_shared_features=10, n_private_features=n_other, seed=seed)
+        mdata = spvi.datasets.synthetic_gp(n_obs=n_obs, n_shared_features=10, n_private_features=n_other, seed=seed)
         train, test = train_test_split(mdata.obs_names, test_size=0.2, stratify=mdata.obs["label"], random_state=seed)
         return mdata, np.asarray(train), np.asarray(test)
     cll = spvi.datasets.cll(SHARED_DATA / "cll_mofa.h5mu")
@@ -57,12 +57,18 @@ def subset(mdata: md.MuData, names: np.ndarray) -> md.MuData:
 
 
 def evaluate(args: argparse.Namespace, objective: str, seed: int) -> list[dict]:
-    mdata, train, test = load(args.dataset, args.n_other, seed)
+    mdata, train, test = load(args.dataset, args.n_other, seed, args.n_obs)
     train_data, test_data = subset(mdata, train), subset(mdata, test)
     modalities = list(mdata.mod)
     spvi.SPVI.setup_mudata(train_data, modalities=modalities, likelihoods=dict.fromkeys(modalities, "gaussian"))
     scvi.settings.seed = seed
-    model = spvi.SPVI(train_data, n_shared=args.n_shared, n_private=args.n_private, objective=objective)
+    model = spvi.SPVI(
+        train_data,
+        n_shared=args.n_shared,
+        n_private=args.n_private,
+        objective=objective,
+        marginal_dispersion=not args.paper_dispersion,
+    )
     start = time.perf_counter()
     model.train(
         max_epochs=args.epochs,
@@ -96,6 +102,8 @@ def evaluate(args: argparse.Namespace, objective: str, seed: int) -> list[dict]:
                 {
                     "dataset": args.dataset,
                     "n_other": args.n_other,
+                    "n_obs": mdata.n_obs,
+                    "marginal_dispersion": not args.paper_dispersion,
                     "objective": objective,
                     "seed": seed,
                     "source": source,
@@ -117,14 +125,18 @@ def main() -> None:
     parser.add_argument("--n-other", type=int, default=250, help="private ('other') features per modality")
     parser.add_argument("--objectives", nargs="+", default=list(spvi.OBJECTIVES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=None, help="default: 300 (synthetic), 1500 (cll)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 150 (synthetic), 1500 (cll)")
+    parser.add_argument("--n-obs", type=int, default=1000, help="samples of the synthetic data")
+    parser.add_argument(
+        "--paper-dispersion", action="store_true", help="one dispersion for all terms (marginal_dispersion=False)"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--n-shared", type=int, default=2)
     parser.add_argument("--n-private", type=int, default=2)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     if args.epochs is None:
-        args.epochs = 300 if args.dataset == "synthetic" else 1500
+        args.epochs = 150 if args.dataset == "synthetic" else 1500
     warnings.filterwarnings("ignore")
     md.set_options(pull_on_update=False)
     output = args.output or RESULTS / f"paper_r2_{args.dataset}.csv"

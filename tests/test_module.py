@@ -159,3 +159,24 @@ def test_gaussian_nan_entries_are_masked():
     assert torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+
+
+def test_cross_modal_rows_use_the_marginal_dispersion():
+    module = _module("mmvae++", likelihoods=("gaussian", "nb"))
+    tensors = _tensors(module)
+    _, generative_outputs = _reconstruction(module, tensors)
+    with torch.no_grad():
+        module.decoders[0].likelihood.raw_scale_marginal.fill_(2.0)
+    _, shifted = _reconstruction(module, tensors)
+    # modality 0 is decoded by term 0 (its own expert: conditional sd) and term 1 (cross-modal: marginal sd)
+    own, cross = generative_outputs["params"][0]["scale"].view(2, N_OBS, -1)
+    own_shifted, cross_shifted = shifted["params"][0]["scale"].view(2, N_OBS, -1)
+    torch.testing.assert_close(own, own_shifted)
+    assert torch.all(cross_shifted > cross)
+    assert module.decoders[1].likelihood.log_theta_marginal is not None
+
+    paper = _module("mmvae++", likelihoods=("gaussian", "nb"), marginal_dispersion=False)
+    assert paper.decoders[0].likelihood.raw_scale_marginal is None
+    _, outputs = _reconstruction(paper, _tensors(paper))
+    own, cross = outputs["params"][0]["scale"].view(2, N_OBS, -1)
+    torch.testing.assert_close(own, cross)

@@ -21,15 +21,23 @@ name            data                            model
 
 from __future__ import annotations
 
+import math
+
 import torch
 from scvi.distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
 from torch import nn
 from torch.nn import functional as F
 
 _EPS = 1e-8
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # Bounds that keep count parameters finite when the decoder is driven far from the data.
 _MAX_LOG_RATE = 15.0
 _MIN_LOG_THETA, _MAX_LOG_THETA = -10.0, 12.0
+
+
+def _theta(log_theta: torch.Tensor) -> torch.Tensor:
+    """Inverse dispersion from its logarithm, bounded so that it stays finite."""
+    return torch.exp(torch.clamp(log_theta, _MIN_LOG_THETA, _MAX_LOG_THETA))
 
 
 class LikelihoodHead(nn.Module):
@@ -41,6 +49,11 @@ class LikelihoodHead(nn.Module):
         Width of the decoder's last hidden layer.
     n_output
         Number of features of the modality.
+    marginal_dispersion
+        Learn a second per-feature dispersion (Gaussian sd, NB inverse dispersion) for rows decoded with
+        the private block at its prior mean, i.e. cross-modal reconstructions. Their likelihood stands in
+        for ``p(x_m | z_shared)``, the marginal over the unseen private block, which is wider than the
+        conditional ``p(x_m | z_shared, z_private_m)``. ``False``: one dispersion for both (the paper).
     """
 
     #: Whether the likelihood is for non-negative integer counts.
@@ -48,17 +61,35 @@ class LikelihoodHead(nn.Module):
     #: Whether the mean scales with the cell's observed library size.
     uses_library: bool = False
 
-    def __init__(self, n_hidden: int, n_output: int):
+    def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
         super().__init__()
         self.n_output = n_output
+        self.marginal_dispersion = marginal_dispersion
+
+    def _marginal_parameter(self, conditional: nn.Parameter) -> nn.Parameter | None:
+        """A copy of a dispersion parameter for marginal rows, or ``None`` without ``marginal_dispersion``."""
+        return nn.Parameter(conditional.detach().clone()) if self.marginal_dispersion else None
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """Transform raw data into the encoder's input (``log1p`` for counts)."""
         return torch.log1p(x)
 
-    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Parameters of the likelihood for each row of ``hidden``."""
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Parameters of the likelihood for each row of ``hidden``.
+
+        ``marginal`` (``(rows, 1)`` bool) marks rows decoded with the private block at its prior mean
+        (cross-modal predictions): they use the marginal dispersion, which also covers the variation the
+        missing private block would explain.
+        """
         raise NotImplementedError
+
+    def _per_row(
+        self, marginal: torch.Tensor, conditional_value: torch.Tensor, marginal_value: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-row choice between the conditional and the marginal per-feature dispersion, ``(rows, n_output)``."""
+        if marginal_value is None:
+            return conditional_value.expand(marginal.shape[0], -1)
+        return torch.where(marginal, marginal_value, conditional_value)
 
     def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Element-wise log-likelihood of ``x`` (same shape as ``x``)."""
@@ -74,11 +105,11 @@ class _SoftmaxRateHead(LikelihoodHead):
 
     uses_library = True
 
-    def __init__(self, n_hidden: int, n_output: int):
-        super().__init__(n_hidden, n_output)
+    def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
+        super().__init__(n_hidden, n_output, marginal_dispersion)
         self.scale_logits = nn.Linear(n_hidden, n_output)
 
-    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         log_scale = F.log_softmax(self.scale_logits(hidden), dim=-1)
         rate = torch.exp(torch.clamp(log_scale + torch.log(library), max=_MAX_LOG_RATE))
         return {"rate": rate}
@@ -90,32 +121,35 @@ class _SoftmaxRateHead(LikelihoodHead):
 class NegativeBinomialHead(_SoftmaxRateHead):
     """Negative binomial with per-feature inverse dispersion, as in scVI."""
 
-    def __init__(self, n_hidden: int, n_output: int):
-        super().__init__(n_hidden, n_output)
+    def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
+        super().__init__(n_hidden, n_output, marginal_dispersion)
         self.log_theta = nn.Parameter(torch.randn(n_output))
+        self.log_theta_marginal = self._marginal_parameter(self.log_theta)
 
-    def _theta(self) -> torch.Tensor:
-        return torch.exp(torch.clamp(self.log_theta, _MIN_LOG_THETA, _MAX_LOG_THETA))
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
+        params = super().forward(hidden, library, marginal)
+        params["theta"] = _theta(self._per_row(marginal, self.log_theta, self.log_theta_marginal))
+        return params
 
     def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return NegativeBinomial(mu=params["rate"] + _EPS, theta=self._theta()).log_prob(x)
+        return NegativeBinomial(mu=params["rate"] + _EPS, theta=params["theta"]).log_prob(x)
 
 
 class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
     """Zero-inflated negative binomial, as in scVI."""
 
-    def __init__(self, n_hidden: int, n_output: int):
-        super().__init__(n_hidden, n_output)
+    def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
+        super().__init__(n_hidden, n_output, marginal_dispersion)
         self.dropout_logits = nn.Linear(n_hidden, n_output)
 
-    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
-        params = super().forward(hidden, library)
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
+        params = super().forward(hidden, library, marginal)
         params["zi_logits"] = self.dropout_logits(hidden)
         return params
 
     def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         distribution = ZeroInflatedNegativeBinomial(
-            mu=params["rate"] + _EPS, theta=self._theta(), zi_logits=params["zi_logits"]
+            mu=params["rate"] + _EPS, theta=params["theta"], zi_logits=params["zi_logits"]
         )
         return distribution.log_prob(x)
 
@@ -133,14 +167,14 @@ class PoissonHead(_SoftmaxRateHead):
 class BernoulliHead(LikelihoodHead):
     """Bernoulli on binarised counts (``x > 0``), e.g. ATAC peaks; the mean is the probability of a count."""
 
-    def __init__(self, n_hidden: int, n_output: int):
-        super().__init__(n_hidden, n_output)
+    def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
+        super().__init__(n_hidden, n_output, marginal_dispersion)
         self.logits = nn.Linear(n_hidden, n_output)
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         return (x > 0).to(x.dtype)
 
-    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.logits(hidden)}
 
     def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -158,20 +192,26 @@ class NegativeBinomialMixtureHead(LikelihoodHead):
     Protein counts are not scaled by a library size (as in totalVI).
     """
 
-    def __init__(self, n_hidden: int, n_output: int):
-        super().__init__(n_hidden, n_output)
+    def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
+        super().__init__(n_hidden, n_output, marginal_dispersion)
         self.log_background = nn.Linear(n_hidden, n_output)
         self.foreground_increase = nn.Linear(n_hidden, n_output)
         self.background_logits = nn.Linear(n_hidden, n_output)
         self.log_theta = nn.Parameter(2.0 * torch.rand(n_output))
+        self.log_theta_marginal = self._marginal_parameter(self.log_theta)
 
-    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         background = torch.exp(torch.clamp(self.log_background(hidden), max=_MAX_LOG_RATE))
         foreground = background * (1.0 + F.softplus(self.foreground_increase(hidden)))
-        return {"background": background, "foreground": foreground, "logits": self.background_logits(hidden)}
+        return {
+            "background": background,
+            "foreground": foreground,
+            "logits": self.background_logits(hidden),
+            "theta": _theta(self._per_row(marginal, self.log_theta, self.log_theta_marginal)),
+        }
 
     def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        theta = torch.exp(torch.clamp(self.log_theta, _MIN_LOG_THETA, _MAX_LOG_THETA))
+        theta = params["theta"]
         distribution = NegativeBinomialMixture(
             mu1=params["background"] + _EPS,
             mu2=params["foreground"] + _EPS,
@@ -190,22 +230,25 @@ class GaussianHead(LikelihoodHead):
 
     is_count = False
 
-    def __init__(self, n_hidden: int, n_output: int):
-        super().__init__(n_hidden, n_output)
+    def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
+        super().__init__(n_hidden, n_output, marginal_dispersion)
         self.loc = nn.Linear(n_hidden, n_output)
         # softplus(-1) ~ 0.31: the reference implementation's starting noise level for standardised features
         self.raw_scale = nn.Parameter(-torch.ones(n_output))
+        self.raw_scale_marginal = self._marginal_parameter(self.raw_scale)
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nan_to_num(x, nan=0.0)
 
-    def forward(self, hidden: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loc": self.loc(hidden)}
+    def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
+        raw_scale = self._per_row(marginal, self.raw_scale, self.raw_scale_marginal)
+        return {"loc": self.loc(hidden), "scale": F.softplus(raw_scale) + 1e-4}
 
     def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         observed = ~torch.isnan(x)
-        scale = F.softplus(self.raw_scale) + 1e-4
-        log_prob = torch.distributions.Normal(params["loc"], scale).log_prob(torch.where(observed, x, params["loc"]))
+        loc, scale = params["loc"], params["scale"]
+        standardized = (torch.where(observed, x, loc) - loc) / scale
+        log_prob = -0.5 * standardized.pow(2) - torch.log(scale) - _HALF_LOG_2PI
         return torch.where(observed, log_prob, torch.zeros_like(log_prob))
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -66,6 +66,10 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         Dropout rate in the hidden layers.
     use_layer_norm
         Layer normalisation in the hidden layers.
+    marginal_dispersion
+        Learn a separate per-feature dispersion (Gaussian sd, NB inverse dispersion) for cross-modal
+        reconstructions, which decode with the target's private block at 0 and so stand in for the
+        marginal over that block. ``False`` uses one dispersion for both, as in the paper's reference code.
 
     Examples
     --------
@@ -92,6 +96,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         label_weight: float = 1.0,
         dropout_rate: float = 0.0,
         use_layer_norm: bool = False,
+        marginal_dispersion: bool = True,
     ):
         super().__init__(self._registered_mudata(mdata))
         self.mdata = mdata
@@ -130,6 +135,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             dropout_rate=dropout_rate,
             use_layer_norm=use_layer_norm,
             library_median=self._library_medians(),
+            marginal_dispersion=marginal_dispersion,
         )
         self._model_summary_string = (
             f"SPVI ({objective}): modalities {self.modalities} with likelihoods "

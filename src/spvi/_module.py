@@ -78,6 +78,9 @@ class SPVAE(BaseModuleClass):
         Layer normalisation in the hidden layers.
     library_median
         Median library size per modality, used to predict counts of cells that lack the target modality.
+    marginal_dispersion
+        Separate per-feature dispersion for cross-modal reconstructions (see
+        :class:`spvi._likelihoods.LikelihoodHead`).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class SPVAE(BaseModuleClass):
         dropout_rate: float = 0.0,
         use_layer_norm: bool = False,
         library_median: list[float] | None = None,
+        marginal_dispersion: bool = True,
     ):
         super().__init__()
         self.modalities = list(modalities)
@@ -121,7 +125,9 @@ class SPVAE(BaseModuleClass):
         )
         self.decoders = nn.ModuleList(
             ModalityDecoder(
-                n_shared + self.n_private[m], LIKELIHOODS[likelihoods[m]](n_hidden, n_input[m]), **layer_kwargs
+                n_shared + self.n_private[m],
+                LIKELIHOODS[likelihoods[m]](n_hidden, n_input[m], marginal_dispersion),
+                **layer_kwargs,
             )
             for m in range(self.n_modalities)
         )
@@ -228,6 +234,7 @@ class SPVAE(BaseModuleClass):
         kl_private = torch.stack([_standard_normal_kl(q) for q in qz_private], dim=1)  # (n, M)
 
         decoder_inputs: list[list[torch.Tensor]] = [[] for _ in range(self.n_modalities)]
+        marginal: list[list[torch.Tensor]] = [[] for _ in range(self.n_modalities)]
         stacked_terms: list[list[int]] = [[] for _ in range(self.n_modalities)]
         valid, kl, z_shared_samples = [], [], []
         for t, term in enumerate(self.objective.terms):
@@ -243,6 +250,7 @@ class SPVAE(BaseModuleClass):
                 shared_input = z_shared.detach() if term.stop_gradient and term.experts == (m,) else z_shared
                 private_input = torch.where(own_modality, z_private[m], torch.zeros_like(z_private[m]))
                 decoder_inputs[m].append(torch.cat([shared_input, private_input], dim=1))
+                marginal[m].append(~own_modality)
                 stacked_terms[m].append(t)
 
         params = []
@@ -255,6 +263,7 @@ class SPVAE(BaseModuleClass):
                 decoder(
                     torch.cat(decoder_inputs[m], dim=0),
                     library[m].repeat(n_terms, 1),
+                    torch.cat(marginal[m], dim=0),
                     *(c.repeat(n_terms, 1) for c in categorical),
                 )
             )
@@ -351,7 +360,9 @@ class SPVAE(BaseModuleClass):
         private_mean = inference_outputs["qz_private"][target].loc
         use_private = (presence & source_mask)[:, target : target + 1]
         z_private = torch.where(use_private, private_mean, torch.zeros_like(private_mean))
-        params = self.decoders[target](torch.cat([z_shared, z_private], dim=1), library, *self._categorical(tensors))
+        params = self.decoders[target](
+            torch.cat([z_shared, z_private], dim=1), library, ~use_private, *self._categorical(tensors)
+        )
         return self.decoders[target].likelihood.expected_value(params)
 
     @torch.inference_mode()

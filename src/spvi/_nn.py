@@ -87,6 +87,8 @@ class ModalityDecoder(nn.Module):
         self.trunk = _mlp(n_latent, n_hidden, n_cat_list, n_layers, dropout_rate, use_layer_norm)
         self.likelihood = likelihood_head
 
-    def forward(self, z: torch.Tensor, library: torch.Tensor, *categorical: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Likelihood parameters for each row of ``z``."""
-        return self.likelihood(self.trunk(z, *categorical), library)
+    def forward(
+        self, z: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor, *categorical: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Likelihood parameters for each row of ``z``; ``marginal`` marks rows whose private block is at 0."""
+        return self.likelihood(self.trunk(z, *categorical), library, marginal)
