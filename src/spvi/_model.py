@@ -285,8 +285,10 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         if adata is None or adata is self.adata:
             return super()._validate_anndata(self.adata, copy_if_view=copy_if_view)
         if adata not in self._registered:
+            # pad the new MuData and register it with the training data's categories and feature order
             setup_args = self.adata_manager.registry[_SETUP_ARGS_KEY]
             self.setup_mudata(adata, source_registry=self.adata_manager.registry, **setup_args)
+            self._register_manager_for_instance(self._get_most_recent_anndata_manager(self._registered[adata]))
         return super()._validate_anndata(self._registered[adata], copy_if_view=copy_if_view)
 
     # ------------------------------------------------------------------ training
@@ -435,13 +437,10 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             Minibatch size.
         """
         mdata = self.mdata if mdata is None else mdata
-        shared = self.get_latent_representation(mdata, kind="shared", batch_size=batch_size)
-        privates = {
-            m: self.get_latent_representation(mdata, kind="private", modality=m, batch_size=batch_size)
-            for m in self.modalities
-        }
-        mdata.obsm[SHARED_OBSM_KEY] = shared
-        for modality, private in privates.items():
+        latent = self.get_latent_representation(mdata, kind="all", batch_size=batch_size)
+        blocks = np.split(latent, np.cumsum([self.module.n_shared, *self.module.n_private])[:-1], axis=1)
+        mdata.obsm[SHARED_OBSM_KEY] = blocks[0]
+        for modality, private in zip(self.modalities, blocks[1:], strict=True):
             mdata.obsm[private_obsm_key(modality)] = private
 
     @torch.inference_mode()
