@@ -164,7 +164,12 @@ def test_semi_supervised_label_head_learns_ighv(cll_path):
 
 
 def test_save_load_gives_identical_latents(cite, tmp_path):
-    spvi.SPVI.setup_mudata(cite, modalities=["rna", "protein"], layers={"rna": "counts", "protein": "counts"})
+    spvi.SPVI.setup_mudata(
+        cite,
+        modalities=["rna", "protein"],
+        layers={"rna": "counts", "protein": "counts"},
+        categorical_covariate_keys=["batch"],
+    )
     model = _train(spvi.SPVI(cite, n_shared=4, n_private=2, objective="mopoe"), epochs=1)
     z = model.get_latent_representation()
     prediction = model.predict(source="rna", target="protein")

@@ -340,6 +340,7 @@ class SPVAE(BaseModuleClass):
 
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
+    @auto_move_data
     def predict_target(
         self,
         tensors: dict[str, torch.Tensor],
@@ -366,6 +367,7 @@ class SPVAE(BaseModuleClass):
         return self.decoders[target].likelihood.expected_value(params)
 
     @torch.inference_mode()
+    @auto_move_data
     def predict_labels(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class probabilities of the label head at the joint posterior mean of ``z_shared``."""
         inference_outputs = self.inference(**self._get_inference_input(tensors))
