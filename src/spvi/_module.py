@@ -229,7 +229,6 @@ class SPVAE(BaseModuleClass):
         Returns the likelihood parameters per target (terms stacked along the first axis), the order of
         the stacked terms, and per term its validity, KL and shared sample.
         """
-        n_obs = presence.shape[0]
         z_private = [q.rsample() for q in qz_private]
         kl_private = torch.stack([_standard_normal_kl(q) for q in qz_private], dim=1)  # (n, M)
 
@@ -273,7 +272,6 @@ class SPVAE(BaseModuleClass):
             "valid": torch.stack(valid, dim=1),  # (n, T)
             "kl": torch.stack(kl, dim=1),  # (n, T)
             "z_shared": z_shared_samples,
-            "n_obs": n_obs,
         }
 
     # ------------------------------------------------------------------ objective
