@@ -9,6 +9,7 @@ is only read. Modalities that already cover every cell in order are referenced, 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -114,7 +115,28 @@ def check_matrix(matrix, modality: str, layer: str | None, likelihood: str | Non
                 f"{where} contains non-integer values, but likelihood {likelihood!r} needs integer counts; "
                 "use the raw counts layer or likelihood 'gaussian' for normalised data"
             )
+    _warn_constant_features(matrix, where)
     return likelihood
+
+
+def _warn_constant_features(matrix, where: str) -> None:
+    """Warn about features that are constant over the observed cells (they carry no information)."""
+    if sp.issparse(matrix):
+        matrix = sp.csr_matrix(matrix)
+        mean = np.asarray(matrix.mean(axis=0)).ravel()
+        variance = np.asarray(matrix.multiply(matrix).mean(axis=0)).ravel() - mean**2
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            variance = np.nanvar(np.asarray(matrix, dtype=np.float64), axis=0)
+    constant = ~(variance > 0)
+    if constant.any():
+        warnings.warn(
+            f"{where} has {constant.sum()} constant features (zero variance, e.g. column {np.flatnonzero(constant)[0]}); "
+            "they carry no information and could be removed",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _check_unique(names: pd.Index, what: str) -> None:
@@ -219,6 +241,8 @@ def build_registered_mudata(
         presence[:, m] = positions >= 0
         if not np.array_equal(positions, np.arange(mdata.n_obs)):
             matrix = _pad_rows(matrix, positions)
+        elif sp.issparse(matrix) and matrix.format != "csr":
+            matrix = sp.csr_matrix(matrix)  # minibatches slice rows
         padded_modalities[modality] = AnnData(
             X=matrix, obs=pd.DataFrame(index=obs_names.copy()), var=pd.DataFrame(index=var_names.copy())
         )

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from importlib.metadata import version
 from typing import Literal
 
 import numpy as np
@@ -18,6 +19,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager, fields
 from scvi.data._constants import _SETUP_ARGS_KEY
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.model.base._constants import SAVE_KEYS
 
 from spvi._constants import (
     PRESENCE_KEY,
@@ -35,6 +37,17 @@ from spvi._objectives import OBJECTIVES
 logger = logging.getLogger(__name__)
 
 LatentKind = Literal["shared", "private", "all"]
+#: Version of the save format written by :meth:`SPVI.save`; :meth:`SPVI.load` reads this and older ones.
+FORMAT_VERSION = 1
+
+
+def _saved_format_version(dir_path: str) -> int | None:
+    """The save format of a saved model (``None`` if the directory holds no spvi model)."""
+    path = os.path.join(dir_path, SAVE_KEYS.MODEL_FNAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no saved spvi model at {dir_path} ({SAVE_KEYS.MODEL_FNAME} is missing)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    return saved.get(SAVE_KEYS.ATTR_DICT_KEY, {}).get("format_version_")
 
 
 class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
@@ -142,6 +155,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             f"{[self.likelihoods[m] for m in self.modalities]}, n_shared={n_shared}, "
             f"n_private={[n_private_per_modality[m] for m in self.modalities]}"
         )
+        self.format_version_ = FORMAT_VERSION
         self.init_params_ = self._get_init_params(locals())
 
     def _private_sizes(self, n_private: int | Mapping[str, int]) -> dict[str, int]:
@@ -587,6 +601,12 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         accelerator, device
             Where to put the model.
         """
+        saved_version = _saved_format_version(dir_path)
+        if saved_version is None or saved_version > FORMAT_VERSION:
+            raise ValueError(
+                f"{dir_path} holds a model of save format {saved_version}; this spvi {version('spvi')} reads "
+                f"formats 1 to {FORMAT_VERSION}"
+            )
         if mdata is None and not os.path.exists(os.path.join(dir_path, "mdata.h5mu")):
             raise ValueError(f"{dir_path} holds no saved MuData (save_mudata=False): pass the MuData to SPVI.load")
         return super().load(dir_path, adata=mdata, accelerator=accelerator, device=device)

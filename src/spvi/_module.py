@@ -295,6 +295,8 @@ class SPVAE(BaseModuleClass):
             extra_metrics["label_loss"] = (weights * label_loss).sum(dim=1).mean()
 
         loss = (weights * term_loss).sum(dim=1).mean()
+        if not torch.isfinite(loss):
+            self._raise_non_finite(reconstruction, kl, extra_metrics)
         return LossOutput(
             loss=loss,
             reconstruction_loss={
@@ -303,6 +305,16 @@ class SPVAE(BaseModuleClass):
             },
             kl_local={"kl": (weights * kl).sum(dim=1)},
             extra_metrics=extra_metrics,
+        )
+
+    def _raise_non_finite(self, reconstruction: list[torch.Tensor], kl: torch.Tensor, extra_metrics: dict) -> None:
+        parts = {f"reconstruction of {name!r}": reconstruction[m] for m, name in enumerate(self.modalities)}
+        parts["KL"] = kl
+        parts.update(extra_metrics)
+        broken = [name for name, value in parts.items() if not torch.isfinite(value).all()]
+        raise FloatingPointError(
+            f"the training loss became non-finite in: {', '.join(broken) or 'the total'}; check the input data of "
+            "these modalities (scale, outliers), lower the learning rate, or use a count likelihood for counts"
         )
 
     def reconstruction_per_term(

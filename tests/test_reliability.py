@@ -1,0 +1,108 @@
+"""Reliability: input formats, duplicate names, views, reproducibility, non-finite losses, save format."""
+
+import warnings
+
+import mudata as md
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scvi
+import torch
+
+import spvi
+
+TRAIN_KWARGS = {"enable_progress_bar": False, "enable_checkpointing": False}
+
+
+@pytest.fixture
+def multiome(multiome_path):
+    return md.read_h5mu(multiome_path)
+
+
+def _latents_after_training(mdata: md.MuData, seed: int) -> np.ndarray:
+    spvi.SPVI.setup_mudata(mdata, layers={"rna": "counts", "atac": "counts"}, likelihoods={"atac": "bernoulli"})
+    scvi.settings.seed = seed
+    model = spvi.SPVI(mdata, n_shared=3, n_private=2)
+    model.train(max_epochs=2, **TRAIN_KWARGS)
+    return model.get_latent_representation(kind="all")
+
+
+def test_same_seed_gives_identical_latents(multiome_path):
+    first = _latents_after_training(md.read_h5mu(multiome_path), seed=7)
+    second = _latents_after_training(md.read_h5mu(multiome_path), seed=7)
+    other = _latents_after_training(md.read_h5mu(multiome_path), seed=8)
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, other)
+
+
+@pytest.mark.parametrize(
+    "to_format",
+    [
+        lambda x: x.tocsr(),
+        lambda x: x.tocsc(),
+        lambda x: x.toarray().astype(np.int64),
+        lambda x: x.toarray().astype(np.float32),
+        lambda x: x.toarray().astype(np.float64),
+    ],
+    ids=["csr", "csc", "dense-int64", "dense-float32", "dense-float64"],
+)
+def test_matrix_formats_and_dtypes(multiome, to_format):
+    for name in ("rna", "atac"):
+        multiome[name].X = to_format(sp.csr_matrix(multiome[name].layers["counts"]))
+    spvi.SPVI.setup_mudata(multiome)
+    model = spvi.SPVI(multiome, n_shared=2, n_private=2)
+    assert model.likelihoods == {"rna": "nb", "atac": "nb"}
+    model.train(max_epochs=1, **TRAIN_KWARGS)
+    assert np.isfinite(model.history["elbo_train"]["elbo_train"].to_numpy(dtype=float)).all()
+    assert model.get_latent_representation().shape == (multiome.n_obs, 2)
+
+
+def test_duplicate_names_are_rejected(multiome):
+    names = multiome["atac"].var_names.to_numpy().copy()
+    names[1] = names[0]
+    multiome["atac"].var_names = names
+    with pytest.raises(ValueError, match="var_names of modality 'atac' are not unique"):
+        spvi.SPVI.setup_mudata(multiome, layers={"rna": "counts", "atac": "counts"})
+
+
+def test_a_view_works_and_is_left_unchanged(multiome):
+    view = multiome[:300]
+    spvi.SPVI.setup_mudata(view, layers={"rna": "counts", "atac": "counts"})
+    model = spvi.SPVI(view, n_shared=2, n_private=2)
+    model.train(max_epochs=1, **TRAIN_KWARGS)
+    assert model.get_latent_representation().shape == (300, 2)
+    assert view.is_view
+
+
+def test_constant_features_warn(multiome):
+    counts = multiome["rna"].layers["counts"].toarray()
+    counts[:, 3] = 2.0
+    multiome["rna"].layers["counts"] = counts
+    with pytest.warns(UserWarning, match="modality 'rna', layer 'counts' has 1 constant features"):
+        spvi.SPVI.setup_mudata(multiome, layers={"rna": "counts", "atac": "counts"})
+
+
+def test_non_finite_loss_names_the_term(multiome):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        spvi.SPVI.setup_mudata(multiome, layers={"rna": "counts", "atac": "counts"}, likelihoods={"atac": "bernoulli"})
+    model = spvi.SPVI(multiome, n_shared=2, n_private=2)
+    with torch.no_grad():
+        model.module.decoders[0].likelihood.log_theta.fill_(float("nan"))
+    tensors = next(iter(model._make_data_loader(model.adata, batch_size=64)))
+    with pytest.raises(FloatingPointError, match="non-finite in: reconstruction of 'rna'"):
+        model.module(tensors)
+
+
+def test_load_checks_the_save_format(multiome, tmp_path):
+    spvi.SPVI.setup_mudata(multiome, layers={"rna": "counts", "atac": "counts"})
+    model = spvi.SPVI(multiome, n_shared=2, n_private=2)
+    model.save(tmp_path / "model")
+    assert spvi.SPVI.load(tmp_path / "model", multiome).format_version_ == 1
+    saved = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
+    saved["attr_dict"]["format_version_"] = 99
+    torch.save(saved, tmp_path / "model" / "model.pt")
+    with pytest.raises(ValueError, match="save format 99"):
+        spvi.SPVI.load(tmp_path / "model", multiome)
+    with pytest.raises(FileNotFoundError, match="no saved spvi model"):
+        spvi.SPVI.load(tmp_path / "missing", multiome)
