@@ -40,11 +40,13 @@ def test_same_seed_gives_identical_latents(multiome_path):
     [
         lambda x: x.tocsr(),
         lambda x: x.tocsc(),
+        sp.csr_array,
+        sp.csc_array,
         lambda x: x.toarray().astype(np.int64),
         lambda x: x.toarray().astype(np.float32),
         lambda x: x.toarray().astype(np.float64),
     ],
-    ids=["csr", "csc", "dense-int64", "dense-float32", "dense-float64"],
+    ids=["csr", "csc", "csr_array", "csc_array", "dense-int64", "dense-float32", "dense-float64"],
 )
 def test_matrix_formats_and_dtypes(multiome, to_format):
     for name in ("rna", "atac"):
@@ -106,3 +108,17 @@ def test_load_checks_the_save_format(multiome, tmp_path):
         spvi.SPVI.load(tmp_path / "model", multiome)
     with pytest.raises(FileNotFoundError, match="no saved spvi model"):
         spvi.SPVI.load(tmp_path / "missing", multiome)
+
+
+def test_modality_cells_missing_from_global_obs(multiome):
+    multiome["atac"].obs_names = [f"x{i}" for i in range(multiome["atac"].n_obs)]  # no mdata.update()
+    with pytest.raises(ValueError, match=r"modality 'atac' has cells that are not in mdata.obs_names.*update\(\)"):
+        spvi.SPVI.setup_mudata(multiome, layers={"rna": "counts", "atac": "counts"})
+
+
+def test_empty_modality_and_missing_labels_column(multiome):
+    with pytest.raises(ValueError, match="labels_key 'cell_type' is not a column of mdata.obs"):
+        spvi.SPVI.setup_mudata(multiome, labels_key="cell_type")
+    empty = md.MuData({"rna": multiome["rna"].copy(), "atac": multiome["atac"][:, :0].copy()})
+    with pytest.raises(ValueError, match=r"modality 'atac', \.X is empty"):
+        spvi.SPVI.setup_mudata(empty)

@@ -227,6 +227,8 @@ def build_registered_mudata(
         _check_unique(adata.obs_names, f"obs_names of modality {modality!r}")
         _check_unique(adata.var_names, f"var_names of modality {modality!r}")
         matrix = layer_matrix(adata, modality, layer)
+        if sp.issparse(matrix) and not (isinstance(matrix, sp.spmatrix) and matrix.format == "csr"):
+            matrix = sp.csr_matrix(matrix)  # scvi-tools reads CSR matrices (not sparse arrays) and slices rows
         resolved_likelihoods[modality] = check_matrix(matrix, modality, layer, likelihoods.get(modality))
         var_names = adata.var_names
         if feature_order is not None:
@@ -241,8 +243,6 @@ def build_registered_mudata(
         presence[:, m] = positions >= 0
         if not np.array_equal(positions, np.arange(mdata.n_obs)):
             matrix = _pad_rows(matrix, positions)
-        elif sp.issparse(matrix) and matrix.format != "csr":
-            matrix = sp.csr_matrix(matrix)  # minibatches slice rows
         padded_modalities[modality] = AnnData(
             X=matrix, obs=pd.DataFrame(index=obs_names.copy()), var=pd.DataFrame(index=var_names.copy())
         )

@@ -324,6 +324,9 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
     ):
         """Train the model with scvi-tools' Lightning trainer (GPU when available, progress bar).
 
+        Set ``scvi.settings.seed = <int>`` before creating the model for reproducible results: the same seed,
+        data and device give identical latents.
+
         Parameters
         ----------
         max_epochs
