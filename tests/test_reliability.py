@@ -122,3 +122,23 @@ def test_empty_modality_and_missing_labels_column(multiome):
     empty = md.MuData({"rna": multiome["rna"].copy(), "atac": multiome["atac"][:, :0].copy()})
     with pytest.raises(ValueError, match=r"modality 'atac', \.X is empty"):
         spvi.SPVI.setup_mudata(empty)
+
+
+def test_duplicate_cell_names_are_rejected(multiome):
+    rna = multiome["rna"].copy()
+    names = rna.obs_names.to_numpy().copy()
+    names[1] = names[0]
+    rna.obs_names = names
+    with pytest.raises(ValueError, match="not unique"):
+        spvi.SPVI.setup_mudata(md.MuData({"rna": rna, "atac": multiome["atac"].copy()}), layers={"rna": "counts"})
+
+
+def test_cells_with_zero_counts_keep_the_loss_finite(multiome):
+    counts = multiome["rna"].layers["counts"].toarray()
+    counts[:50] = 0.0  # empty cells: library size 0
+    multiome["rna"].layers["counts"] = sp.csr_matrix(counts)
+    spvi.SPVI.setup_mudata(multiome, layers={"rna": "counts", "atac": "counts"})
+    model = spvi.SPVI(multiome, n_shared=2, n_private=2)
+    model.train(max_epochs=2, **TRAIN_KWARGS)
+    assert np.isfinite(model.history["elbo_train"]["elbo_train"].to_numpy(dtype=float)).all()
+    assert np.isfinite(model.predict(source="atac", target="rna")).all()
