@@ -47,8 +47,8 @@ def cross_modal_r2(
     registered = model._validate_anndata(mdata)
     prediction = model.predict(source=source, target=target, mdata=mdata, batch_size=batch_size)
     presence = registered.obsm[PRESENCE_OBSM_KEY].astype(bool)
-    sources = [source] if isinstance(source, str) else list(source)
-    both = presence[:, [model.modalities.index(m) for m in [*sources, target]]].all(axis=1)
+    columns = model._modality_indices(source, "source") + model._modality_indices(target, "target")
+    both = presence[:, columns].all(axis=1)
     observed = registered.mod[target].X[both]
     observed = observed.toarray() if sp.issparse(observed) else np.asarray(observed)
     return pd.Series(r2_per_feature(observed, prediction[both]), index=registered.mod[target].var_names, name="r2")
