@@ -10,12 +10,14 @@ is only read. Modalities that already cover every cell in order are referenced, 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
+from anndata.abc import CSCDataset, CSRDataset
 from mudata import MuData
 
 from spvi._constants import PRESENCE_OBSM_KEY, UNLABELED_CATEGORY
@@ -65,78 +67,163 @@ def layer_matrix(adata: AnnData, modality: str, layer: str | None):
     return adata.layers[layer]
 
 
-def _values(matrix) -> np.ndarray:
-    """The stored values of a dense or sparse matrix (for checks that need not see implicit zeros)."""
-    if sp.issparse(matrix):
-        return np.asarray(matrix.data)
-    return np.asarray(matrix)
+#: Entries read at a time when checking a matrix, so that on-disk (backed) data is never loaded whole.
+BLOCK_ENTRIES = 2**24
 
 
-def _is_count_data(values: np.ndarray) -> bool:
-    if values.size == 0:
-        return True
-    if not np.isfinite(values).all():
-        return False
-    return bool((values >= 0).all() and (np.mod(values, 1) == 0).all())
+def is_on_disk(matrix) -> bool:
+    """Whether ``matrix`` is a backed (on-disk) array of an AnnData opened with ``backed="r"``."""
+    return isinstance(matrix, h5py.Dataset | CSRDataset | CSCDataset)
+
+
+def row_blocks(matrix) -> Iterator:
+    """Consecutive blocks of rows of ``matrix`` as in-memory arrays (sparse blocks stay sparse)."""
+    chunk_rows = max(1, BLOCK_ENTRIES // max(matrix.shape[1], 1))
+    for start in range(0, matrix.shape[0], chunk_rows):
+        yield matrix[start : start + chunk_rows]
+
+
+def row_sums(matrix) -> np.ndarray:
+    """Sum of each row (NaN ignored), read block by block."""
+    sums = [
+        np.asarray(block.sum(axis=1) if sp.issparse(block) else np.nansum(block, axis=1)).ravel()
+        for block in row_blocks(matrix)
+    ]
+    return np.concatenate(sums) if sums else np.zeros(0)
+
+
+class SortedRowsDataset(h5py.Dataset):
+    """A dense on-disk matrix that also accepts unsorted or repeated row indices.
+
+    h5py reads only increasing row indices, while the data loaders ask for the rows of random
+    minibatches; this reads the sorted unique rows and returns them in the order asked for.
+    """
+
+    def __init__(self, dataset: h5py.Dataset):
+        super().__init__(dataset.id)
+
+    def __getitem__(self, key):
+        if isinstance(key, list | np.ndarray):
+            rows = np.asarray(key)
+            rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+            unique_rows, inverse = np.unique(rows, return_inverse=True)
+            return super().__getitem__(unique_rows)[inverse]
+        return super().__getitem__(key)
+
+
+def _in_memory(matrix, why: str):
+    """``matrix`` loaded into memory (CSR if sparse), with a warning when it was on disk."""
+    if not is_on_disk(matrix):
+        return matrix
+    warnings.warn(f"{why}: loading it into memory", UserWarning, stacklevel=4)
+    return sp.csr_matrix(matrix[:]) if isinstance(matrix, CSRDataset | CSCDataset) else np.asarray(matrix[:])
+
+
+def _registrable(matrix, where: str):
+    """``matrix`` in a form scvi-tools' data loaders read row by row without loading it whole."""
+    if isinstance(matrix, CSCDataset):
+        raise ValueError(
+            f"{where} is an on-disk CSC matrix, which cannot be read by rows efficiently; write it as CSR "
+            "(adata.X = scipy.sparse.csr_matrix(adata.X) before saving) or load it into memory"
+        )
+    if isinstance(matrix, h5py.Dataset):
+        return SortedRowsDataset(matrix)
+    if sp.issparse(matrix) and not (isinstance(matrix, sp.spmatrix) and matrix.format == "csr"):
+        return sp.csr_matrix(matrix)  # scvi-tools reads CSR matrices (not sparse arrays) and slices rows
+    return matrix
+
+
+class _MatrixSummary:
+    """What the checks need to know about a matrix, accumulated over blocks of rows."""
+
+    def __init__(self, n_vars: int):
+        self.has_inf = self.has_nan = self.has_negative = self.has_non_integer = False
+        self.dtype: np.dtype | None = None
+        self.column_sum = np.zeros(n_vars)
+        self.column_sum_of_squares = np.zeros(n_vars)
+        self.column_count = np.zeros(n_vars)
+
+    def add(self, block) -> None:
+        values = np.asarray(block.data) if sp.issparse(block) else np.asarray(block)  # stored values
+        self.dtype = values.dtype
+        if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+            return
+        finite = np.isfinite(values)
+        self.has_inf |= bool(np.isinf(values).any())
+        self.has_nan |= bool(np.isnan(values).any())
+        self.has_negative |= bool((values < 0).any())
+        self.has_non_integer |= bool((np.mod(values[finite], 1) != 0).any())
+        if sp.issparse(block):
+            block = sp.csr_matrix(block, dtype=np.float64)
+            self.column_sum += np.asarray(block.sum(axis=0)).ravel()
+            self.column_sum_of_squares += np.asarray(block.multiply(block).sum(axis=0)).ravel()
+            self.column_count += block.shape[0]
+        else:
+            block = np.where(finite, values, np.nan).astype(np.float64, copy=False)
+            self.column_sum += np.nansum(block, axis=0)
+            self.column_sum_of_squares += np.nansum(block**2, axis=0)
+            self.column_count += (~np.isnan(block)).sum(axis=0)
+
+    @property
+    def is_count_data(self) -> bool:
+        return not (self.has_inf or self.has_nan or self.has_negative or self.has_non_integer)
+
+    def constant_features(self) -> np.ndarray:
+        """Indices of features with zero variance over their measured entries."""
+        count = np.maximum(self.column_count, 1)
+        mean = self.column_sum / count
+        variance = self.column_sum_of_squares / count - mean**2
+        scale = np.maximum(self.column_sum_of_squares / count, 1e-300)
+        return np.flatnonzero(~(variance > 1e-12 * scale))
 
 
 def check_matrix(matrix, modality: str, layer: str | None, likelihood: str | None) -> str:
     """Check one modality's data for its likelihood; return the likelihood (chosen from the data if ``None``).
 
     Integer counts default to ``"nb"``, anything else to ``"gaussian"``. ``inf`` is always an error;
-    ``NaN`` is allowed only under ``"gaussian"`` (it marks entries that were not measured).
+    ``NaN`` is allowed only under ``"gaussian"`` (it marks entries that were not measured). The matrix is
+    read in blocks of rows, so on-disk (backed) data is checked without loading it whole.
     """
     where = _describe(modality, layer)
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise ValueError(f"{where} is empty (shape {matrix.shape})")
-    if not (sp.issparse(matrix) or isinstance(matrix, np.ndarray)):
+    if not (sp.issparse(matrix) or isinstance(matrix, np.ndarray) or is_on_disk(matrix)):
         raise TypeError(f"{where} must be a numpy array or scipy sparse matrix, got {type(matrix).__name__}")
-    values = _values(matrix)
-    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
-        raise TypeError(f"{where} must hold real numbers, got dtype {values.dtype}")
-    if np.isinf(values).any():
+    summary = _MatrixSummary(matrix.shape[1])
+    for block in row_blocks(matrix):
+        summary.add(block)
+    if not np.issubdtype(summary.dtype, np.number) or np.issubdtype(summary.dtype, np.complexfloating):
+        raise TypeError(f"{where} must hold real numbers, got dtype {summary.dtype}")
+    if summary.has_inf:
         raise ValueError(f"{where} contains inf values; spvi needs finite data")
     if likelihood is None:
-        likelihood = "nb" if _is_count_data(values) else "gaussian"
+        likelihood = "nb" if summary.is_count_data else "gaussian"
     if likelihood not in LIKELIHOODS:
         raise ValueError(
             f"likelihood {likelihood!r} for modality {modality!r} is unknown; choose one of {list(LIKELIHOODS)}"
         )
     if LIKELIHOODS[likelihood].is_count:
-        if np.isnan(values).any():
+        if summary.has_nan:
             raise ValueError(
                 f"{where} contains NaN, but likelihood {likelihood!r} needs complete counts "
                 "(NaN means 'not measured' only for likelihood 'gaussian')"
             )
-        if (values < 0).any():
+        if summary.has_negative:
             raise ValueError(f"{where} contains negative values, but likelihood {likelihood!r} needs counts >= 0")
-        if (np.mod(values, 1) != 0).any():
+        if summary.has_non_integer:
             raise ValueError(
                 f"{where} contains non-integer values, but likelihood {likelihood!r} needs integer counts; "
                 "use the raw counts layer or likelihood 'gaussian' for normalised data"
             )
-    _warn_constant_features(matrix, where)
-    return likelihood
-
-
-def _warn_constant_features(matrix, where: str) -> None:
-    """Warn about features that are constant over the observed cells (they carry no information)."""
-    if sp.issparse(matrix):
-        matrix = sp.csr_matrix(matrix)
-        mean = np.asarray(matrix.mean(axis=0)).ravel()
-        variance = np.asarray(matrix.multiply(matrix).mean(axis=0)).ravel() - mean**2
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-            variance = np.nanvar(np.asarray(matrix, dtype=np.float64), axis=0)
-    constant = ~(variance > 0)
-    if constant.any():
+    constant = summary.constant_features()
+    if constant.size:
         warnings.warn(
-            f"{where} has {constant.sum()} constant features (zero variance, e.g. column {np.flatnonzero(constant)[0]}); "
+            f"{where} has {constant.size} constant features (zero variance, e.g. column {constant[0]}); "
             "they carry no information and could be removed",
             UserWarning,
             stacklevel=4,
         )
+    return likelihood
 
 
 def _check_unique(names: pd.Index, what: str) -> None:
@@ -171,6 +258,7 @@ def _reorder_features(adata: AnnData, matrix, modality: str, feature_order: Sequ
         )
     if np.array_equal(positions, np.arange(adata.n_vars)):
         return matrix, adata.var_names
+    matrix = _in_memory(matrix, f"modality {modality!r} is on disk and its features need reordering")
     return matrix[:, positions], pd.Index(feature_order)
 
 
@@ -226,9 +314,7 @@ def build_registered_mudata(
         layer = layers.get(modality)
         _check_unique(adata.obs_names, f"obs_names of modality {modality!r}")
         _check_unique(adata.var_names, f"var_names of modality {modality!r}")
-        matrix = layer_matrix(adata, modality, layer)
-        if sp.issparse(matrix) and not (isinstance(matrix, sp.spmatrix) and matrix.format == "csr"):
-            matrix = sp.csr_matrix(matrix)  # scvi-tools reads CSR matrices (not sparse arrays) and slices rows
+        matrix = _registrable(layer_matrix(adata, modality, layer), _describe(modality, layer))
         resolved_likelihoods[modality] = check_matrix(matrix, modality, layer, likelihoods.get(modality))
         var_names = adata.var_names
         if feature_order is not None:
@@ -242,6 +328,7 @@ def build_registered_mudata(
             )
         presence[:, m] = positions >= 0
         if not np.array_equal(positions, np.arange(mdata.n_obs)):
+            matrix = _in_memory(matrix, f"modality {modality!r} is on disk and lacks some cells (padding needs it)")
             matrix = _pad_rows(matrix, positions)
         padded_modalities[modality] = AnnData(
             X=matrix, obs=pd.DataFrame(index=obs_names.copy()), var=pd.DataFrame(index=var_names.copy())

@@ -29,7 +29,7 @@ from spvi._constants import (
     data_key,
     private_obsm_key,
 )
-from spvi._data import build_registered_mudata, check_setup_arguments
+from spvi._data import build_registered_mudata, check_setup_arguments, row_sums
 from spvi._likelihoods import LIKELIHOODS
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
@@ -175,7 +175,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             if not LIKELIHOODS[self.likelihoods[modality]].uses_library:
                 medians.append(1.0)
                 continue
-            totals = np.asarray(self.adata.mod[modality].X[presence[:, m]].sum(axis=1)).ravel()
+            totals = row_sums(self.adata.mod[modality].X)[presence[:, m]]
             medians.append(float(max(np.median(totals), 1.0)))
         return medians
 
