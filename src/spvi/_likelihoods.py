@@ -4,6 +4,11 @@ Each head maps the decoder's hidden layer to the parameters of one modality's li
 three things about that likelihood: how to read the raw data into the encoder, the element-wise
 log-likelihood of the data, and the expected value (what :meth:`spvi.SPVI.predict` returns).
 
+The log-likelihood is split into a kernel, which depends on the parameters, and a base measure, which
+depends on the data only (``-log x!`` for NB and Poisson). The objectives evaluate each modality's
+likelihood under several latent samples; the base measure is then computed once per cell, and
+parameters that are per feature (dispersions) enter through per-feature vectors, not per-cell tensors.
+
 ==============  ==============================  =========================================================
 name            data                            model
 ==============  ==============================  =========================================================
@@ -24,7 +29,7 @@ from __future__ import annotations
 import math
 
 import torch
-from scvi.distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
+from scvi.distributions import NegativeBinomialMixture, ZeroInflatedNegativeBinomial
 from torch import nn
 from torch.nn import functional as F
 
@@ -93,7 +98,21 @@ class LikelihoodHead(nn.Module):
 
     def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Element-wise log-likelihood of ``x`` (same shape as ``x``)."""
+        base_measure = self.log_base_measure(x)
+        kernel = self.log_kernel(x, params)
+        return kernel if base_measure is None else kernel + base_measure
+
+    def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The part of the element-wise log-likelihood that depends on the parameters.
+
+        ``x`` broadcasts against the parameters (the module passes ``(n, features)`` data with
+        ``(n_samples, n, features)`` parameters).
+        """
         raise NotImplementedError
+
+    def log_base_measure(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The part of the element-wise log-likelihood that depends on the data only (``None``: nothing)."""
+        return None
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean of the likelihood on the data scale."""
@@ -128,11 +147,31 @@ class NegativeBinomialHead(_SoftmaxRateHead):
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         params = super().forward(hidden, library, marginal)
-        params["theta"] = _theta(self._per_row(marginal, self.log_theta, self.log_theta_marginal))
+        # theta, log(theta) and lgamma(theta) are per feature: compute them on the (conditional, marginal)
+        # pair of vectors and only select per row
+        log_theta_marginal = self.log_theta if self.log_theta_marginal is None else self.log_theta_marginal
+        theta = _theta(torch.stack([self.log_theta, log_theta_marginal]))
+        for key, per_feature in (
+            ("theta", theta),
+            ("log_theta", torch.log(theta + _EPS)),
+            ("lgamma_theta", torch.lgamma(theta)),
+        ):
+            params[key] = torch.where(marginal, per_feature[1], per_feature[0])
         return params
 
-    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return NegativeBinomial(mu=params["rate"] + _EPS, theta=params["theta"]).log_prob(x)
+    def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        # log NB(x; mu, theta) as in scvi.distributions.NegativeBinomial, without -lgamma(x + 1)
+        mu, theta = params["rate"] + _EPS, params["theta"]
+        log_theta_mu = torch.log(theta + mu + _EPS)
+        return (
+            theta * (params["log_theta"] - log_theta_mu)
+            + x * (torch.log(mu + _EPS) - log_theta_mu)
+            + torch.lgamma(x + theta)
+            - params["lgamma_theta"]
+        )
+
+    def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
+        return -torch.lgamma(x + 1)
 
 
 class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
@@ -147,11 +186,14 @@ class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
         params["zi_logits"] = self.dropout_logits(hidden)
         return params
 
-    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         distribution = ZeroInflatedNegativeBinomial(
             mu=params["rate"] + _EPS, theta=params["theta"], zi_logits=params["zi_logits"]
         )
         return distribution.log_prob(x)
+
+    def log_base_measure(self, x: torch.Tensor) -> None:
+        return None  # part of scvi-tools' ZINB log-likelihood in log_kernel
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return params["rate"] * torch.sigmoid(-params["zi_logits"])
@@ -160,8 +202,12 @@ class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
 class PoissonHead(_SoftmaxRateHead):
     """Poisson with rate ``library * softmax``."""
 
-    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.distributions.Poisson(params["rate"] + _EPS, validate_args=False).log_prob(x)
+    def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        rate = params["rate"] + _EPS
+        return x * torch.log(rate) - rate
+
+    def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
+        return -torch.lgamma(x + 1)
 
 
 class BernoulliHead(LikelihoodHead):
@@ -177,8 +223,9 @@ class BernoulliHead(LikelihoodHead):
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.logits(hidden)}
 
-    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return -F.binary_cross_entropy_with_logits(params["logits"], (x > 0).to(x.dtype), reduction="none")
+    def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = params["logits"]
+        return -F.binary_cross_entropy_with_logits(logits, (x > 0).to(logits.dtype).expand_as(logits), reduction="none")
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.sigmoid(params["logits"])
@@ -210,7 +257,7 @@ class NegativeBinomialMixtureHead(LikelihoodHead):
             "theta": _theta(self._per_row(marginal, self.log_theta, self.log_theta_marginal)),
         }
 
-    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         theta = params["theta"]
         distribution = NegativeBinomialMixture(
             mu1=params["background"] + _EPS,
@@ -244,7 +291,7 @@ class GaussianHead(LikelihoodHead):
         raw_scale = self._per_row(marginal, self.raw_scale, self.raw_scale_marginal)
         return {"loc": self.loc(hidden), "scale": F.softplus(raw_scale) + 1e-4}
 
-    def log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         observed = ~torch.isnan(x)
         loc, scale = params["loc"], params["scale"]
         standardized = (torch.where(observed, x, loc) - loc) / scale

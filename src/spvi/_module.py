@@ -332,9 +332,14 @@ class SPVAE(BaseModuleClass):
             params = generative_outputs["params"][m]
             if params is not None:
                 terms = generative_outputs["stacked_terms"][m]
-                x = tensors[data_key(name)].repeat(len(terms), 1)
-                neg_log_lik = -self.decoders[m].likelihood.log_prob(x, params).sum(dim=1).view(len(terms), n_obs).T
-                per_term[:, terms] = torch.where(presence[:, m : m + 1], neg_log_lik, torch.zeros_like(neg_log_lik))
+                x, likelihood = tensors[data_key(name)], self.decoders[m].likelihood
+                # parameters (n_terms * n, features) viewed as (n_terms, n, features) broadcast against x
+                per_sample = {key: value.view(len(terms), n_obs, -1) for key, value in params.items()}
+                log_lik = likelihood.log_kernel(x, per_sample).sum(dim=-1).T  # (n, n_terms)
+                base_measure = likelihood.log_base_measure(x)  # the same for every term: computed once
+                if base_measure is not None:
+                    log_lik = log_lik + base_measure.sum(dim=-1, keepdim=True)
+                per_term[:, terms] = torch.where(presence[:, m : m + 1], -log_lik, torch.zeros_like(log_lik))
             reconstruction.append(per_term)
         return reconstruction
 

@@ -1,0 +1,178 @@
+"""Training speed of spvi (each objective) against scvi-tools MULTIVI (RNA+ATAC) and TOTALVI (RNA+protein).
+
+Same simulated data, batch size, hidden width and depth for every model; seconds per epoch are measured on
+the last of ``--epochs`` epochs (the first one warms up). Also reports the matmul FLOPs of one training
+step (counted by ``torch.utils.flop_counter``, forward + backward), the achieved FLOP rate, and the peak
+matmul rate of torch on the same device in the same run.
+
+Usage: python benchmarks/speed/run_speed.py [--device cpu|cuda] [--n-cells 20000] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import mudata as md
+import numpy as np
+import pandas as pd
+import scvi
+import torch
+from lightning.pytorch.callbacks import Callback
+from simulate import simulate_rna_atac, simulate_rna_protein
+from torch.utils.flop_counter import FlopCounterMode
+
+import spvi
+
+RESULTS = Path(__file__).parent / "results"
+N_HIDDEN, N_LAYERS, BATCH_SIZE, N_LATENT = 128, 1, 128, 20
+
+
+class EpochTimer(Callback):
+    """Wall-clock seconds of each training epoch (device work finished before the clock stops)."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def _sync(self, trainer) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sync(trainer)
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._sync(trainer)
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def peak_matmul_flops(device: str, n: int = 4096, repeats: int = 10) -> float:
+    """Achieved FLOP/s of a large float32 square matmul (the machine's practical limit for these models)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def step_flops(model) -> float:
+    """Matmul FLOPs of one training step (forward and backward) on one minibatch."""
+    batch = next(iter(model._make_data_loader(adata=model.adata, batch_size=BATCH_SIZE, shuffle=False)))
+    batch = {key: value.to(model.device) for key, value in batch.items()}
+    model.module.train()
+    with FlopCounterMode(display=False) as counter:
+        *_, loss_output = model.module(batch)
+        loss_output.loss.backward()
+    model.module.zero_grad()
+    return float(counter.get_total_flops())
+
+
+def spvi_model(mdata: md.MuData, dataset: str, objective: str):
+    likelihoods = {"rna": "nb", "atac": "bernoulli"} if dataset == "rna_atac" else {"rna": "nb", "protein": "nbmixture"}
+    spvi.SPVI.setup_mudata(mdata, likelihoods=likelihoods)
+    n_private = (N_LATENT - 10) // 2
+    return spvi.SPVI(mdata, n_shared=10, n_private=n_private, objective=objective, n_hidden=N_HIDDEN, n_layers=N_LAYERS)
+
+
+def reference_model(mdata: md.MuData, dataset: str):
+    if dataset == "rna_atac":
+        scvi.model.MULTIVI.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+        return scvi.model.MULTIVI(
+            mdata,
+            n_genes=mdata.mod["rna"].n_vars,
+            n_regions=mdata.mod["atac"].n_vars,
+            n_hidden=N_HIDDEN,
+            n_latent=N_LATENT,
+            n_layers_encoder=N_LAYERS,
+            n_layers_decoder=N_LAYERS,
+            gene_likelihood="nb",
+        )
+    scvi.model.TOTALVI.setup_mudata(mdata, modalities={"rna_layer": "rna", "protein_layer": "protein"})
+    return scvi.model.TOTALVI(
+        mdata, n_latent=N_LATENT, n_hidden=N_HIDDEN, n_layers_encoder=N_LAYERS, n_layers_decoder=N_LAYERS
+    )
+
+
+def time_model(model, device: str, epochs: int, precision: str) -> dict:
+    timer = EpochTimer()
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    model.train(
+        max_epochs=epochs,
+        batch_size=BATCH_SIZE,
+        train_size=1.0,
+        early_stopping=False,
+        limit_val_batches=0,
+        accelerator=accelerator,
+        devices=1,
+        callbacks=[timer],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        precision=precision,
+    )
+    seconds = timer.seconds[-1]
+    n_cells = model.adata.n_obs
+    n_steps = int(np.ceil(n_cells / BATCH_SIZE))
+    flops = step_flops(model)
+    return {
+        "seconds_per_epoch": seconds,
+        "cells_per_second": n_cells / seconds,
+        "ms_per_step": 1000 * seconds / n_steps,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflops": flops * n_steps / seconds / 1e9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--n-cells", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    parser.add_argument("--objectives", nargs="+", default=list(spvi.OBJECTIVES))
+    parser.add_argument("--datasets", nargs="+", default=["rna_atac", "rna_protein"])
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    md.set_options(pull_on_update=False)
+    torch.set_float32_matmul_precision("highest")
+
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}"
+    peak = peak_matmul_flops(args.device)
+    print(f"device {device_name}: peak float32 matmul {peak / 1e9:.1f} GFLOP/s", flush=True)
+    rows = []
+    for dataset in args.datasets:
+        simulate = simulate_rna_atac if dataset == "rna_atac" else simulate_rna_protein
+        mdata = simulate(args.n_cells)
+        reference = "MULTIVI" if dataset == "rna_atac" else "TOTALVI"
+        candidates = [(f"spvi {objective}", objective) for objective in args.objectives] + [(reference, None)]
+        for name, objective in candidates:
+            scvi.settings.seed = 0
+            data = mdata.copy()
+            model = spvi_model(data, dataset, objective) if objective else reference_model(data, dataset)
+            result = time_model(model, args.device, args.epochs, args.precision)
+            rows.append({"dataset": dataset, "model": name, **result})
+            print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    for dataset, group in table.groupby("dataset"):
+        reference_seconds = group.loc[~group["model"].str.startswith("spvi"), "seconds_per_epoch"].iloc[0]
+        table.loc[group.index, "ratio_to_reference"] = group["seconds_per_epoch"] / reference_seconds
+    table["flop_efficiency"] = table["achieved_gflops"] * 1e9 / peak
+    table.insert(0, "device", device_name)
+    table.insert(1, "precision", args.precision)
+    table["peak_matmul_gflops"] = peak / 1e9
+    table["n_cells"] = args.n_cells
+    output = args.output or RESULTS / f"speed_{args.device}.csv"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output, index=False)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+if __name__ == "__main__":
+    main()
