@@ -297,6 +297,9 @@ class SPVAE(BaseModuleClass):
         loss = (weights * term_loss).sum(dim=1).mean()
         if not torch.isfinite(loss):
             self._raise_non_finite(reconstruction, kl, extra_metrics)
+        # each modality's reconstruction term per epoch in model.history ("reconstruction_<modality>_train")
+        for m, name in enumerate(self.modalities):
+            extra_metrics[f"reconstruction_{name}"] = (weights * reconstruction[m]).sum(dim=1).mean().detach()
         return LossOutput(
             loss=loss,
             reconstruction_loss={
