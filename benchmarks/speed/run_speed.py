@@ -5,7 +5,8 @@ the last of ``--epochs`` epochs (the first one warms up). Also reports the matmu
 step (counted by ``torch.utils.flop_counter``, forward + backward), the achieved FLOP rate, and the peak
 matmul rate of torch on the same device in the same run.
 
-Usage: python benchmarks/speed/run_speed.py [--device cpu|cuda] [--n-cells 20000] [--epochs 2]
+Usage: python benchmarks/speed/run_speed.py [--device cpu|cuda] [--n-cells 20000] [--epochs 2] [--batch-size 128]
+       [--precision 32-true|bf16-mixed] [--load-sparse-tensor]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import spvi
 
 RESULTS = Path(__file__).parent / "results"
-N_HIDDEN, N_LAYERS, BATCH_SIZE, N_LATENT = 128, 1, 128, 20
+N_HIDDEN, N_LAYERS, N_LATENT = 128, 1, 20
 
 
 class EpochTimer(Callback):
@@ -63,9 +64,9 @@ def peak_matmul_flops(device: str, n: int = 4096, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-def step_flops(model) -> float:
+def step_flops(model, batch_size: int) -> float:
     """Matmul FLOPs of one training step (forward and backward) on one minibatch."""
-    batch = next(iter(model._make_data_loader(adata=model.adata, batch_size=BATCH_SIZE, shuffle=False)))
+    batch = next(iter(model._make_data_loader(adata=model.adata, batch_size=batch_size, shuffle=False)))
     batch = {key: value.to(model.device) for key, value in batch.items()}
     model.module.train()
     with FlopCounterMode(display=False) as counter:
@@ -101,12 +102,12 @@ def reference_model(mdata: md.MuData, dataset: str):
     )
 
 
-def time_model(model, device: str, epochs: int, precision: str) -> dict:
+def time_model(model, device: str, epochs: int, precision: str, batch_size: int, load_sparse_tensor: bool) -> dict:
     timer = EpochTimer()
     accelerator = "gpu" if device == "cuda" else "cpu"
     model.train(
         max_epochs=epochs,
-        batch_size=BATCH_SIZE,
+        batch_size=batch_size,
         train_size=1.0,
         early_stopping=False,
         limit_val_batches=0,
@@ -119,8 +120,8 @@ def time_model(model, device: str, epochs: int, precision: str) -> dict:
     )
     seconds = timer.seconds[-1]
     n_cells = model.adata.n_obs
-    n_steps = int(np.ceil(n_cells / BATCH_SIZE))
-    flops = step_flops(model)
+    n_steps = int(np.ceil(n_cells / batch_size))
+    flops = step_flops(model, batch_size)
     return {
         "seconds_per_epoch": seconds,
         "cells_per_second": n_cells / seconds,
@@ -135,6 +136,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--n-cells", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--load-sparse-tensor", action="store_true", help="send minibatches as sparse tensors, densify on the device"
+    )
     parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
     parser.add_argument("--objectives", nargs="+", default=list(spvi.OBJECTIVES))
     parser.add_argument("--datasets", nargs="+", default=["rna_atac", "rna_protein"])
@@ -156,16 +161,25 @@ def main() -> None:
             scvi.settings.seed = 0
             data = mdata.copy()
             model = spvi_model(data, dataset, objective) if objective else reference_model(data, dataset)
-            result = time_model(model, args.device, args.epochs, args.precision)
+            try:
+                result = time_model(
+                    model, args.device, args.epochs, args.precision, args.batch_size, args.load_sparse_tensor
+                )
+            except RuntimeError as error:  # e.g. a model that does not support the requested precision
+                result = {"error": str(error).splitlines()[0]}
             rows.append({"dataset": dataset, "model": name, **result})
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    for dataset, group in table.groupby("dataset"):
-        reference_seconds = group.loc[~group["model"].str.startswith("spvi"), "seconds_per_epoch"].iloc[0]
+    for _, group in table.groupby("dataset"):
+        reference_seconds = group.loc[~group["model"].str.startswith("spvi"), "seconds_per_epoch"].iloc[
+            0
+        ]  # NaN if failed
         table.loc[group.index, "ratio_to_reference"] = group["seconds_per_epoch"] / reference_seconds
     table["flop_efficiency"] = table["achieved_gflops"] * 1e9 / peak
     table.insert(0, "device", device_name)
     table.insert(1, "precision", args.precision)
+    table.insert(2, "batch_size", args.batch_size)
+    table.insert(3, "sparse_minibatches", args.load_sparse_tensor)
     table["peak_matmul_gflops"] = peak / 1e9
     table["n_cells"] = args.n_cells
     output = args.output or RESULTS / f"speed_{args.device}.csv"
