@@ -352,7 +352,25 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs
             Further arguments of :class:`scvi.train.TrainingPlan` (override the ones above).
         **trainer_kwargs
-            Further arguments of :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
+            Further arguments of :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and
+            :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``, ``strategy``, ``precision``,
+            ``load_sparse_tensor``).
+
+        Notes
+        -----
+        Large data sets, GPUs and several devices:
+
+        - Sparse data stay sparse: each minibatch densifies only its own rows. ``load_sparse_tensor=True``
+          sends minibatches to the GPU as sparse tensors and densifies them there.
+        - Out of core: open the data with ``mudata.read_h5mu(path, backed=True)`` and train as usual; ``.X``
+          of each modality (CSR or dense) is read from disk minibatch by minibatch. A backed modality that
+          lacks some cells is loaded into memory to be padded (with a warning).
+        - Several GPUs or CPU processes: ``accelerator="gpu", devices=4, strategy="ddp"`` (from a script; in a
+          notebook use ``strategy="ddp_notebook"``). Each process trains on its share of every epoch's
+          minibatches (``batch_size`` is per process).
+        - Mixed precision: ``precision="bf16-mixed"`` is passed to Lightning; at the default sizes training is
+          bound by per-step overhead rather than arithmetic and was not faster on an H100 (see
+          ``benchmarks/speed``).
         """
         plan_kwargs = {
             "lr": lr,
