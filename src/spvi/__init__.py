@@ -2,11 +2,11 @@
 
 from importlib.metadata import version
 
-from spvi import datasets, metrics, pp, tl
+from spvi import datasets, metrics, pl, pp, tl
 from spvi._likelihoods import LIKELIHOODS
 from spvi._model import SPVI
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
 
 __version__ = version("spvi")
-__all__ = ["LIKELIHOODS", "OBJECTIVES", "SPVAE", "SPVI", "datasets", "metrics", "pp", "tl"]
+__all__ = ["LIKELIHOODS", "OBJECTIVES", "SPVAE", "SPVI", "datasets", "metrics", "pl", "pp", "tl"]

@@ -1,19 +1,334 @@
-"""Analysis of a trained model against observed data."""
+"""Analysis of a trained model: what each latent block explains, which features it drives, how well it predicts.
+
+The functions take a trained :class:`spvi.SPVI` (and optionally a MuData to evaluate on) and return pandas
+objects; :mod:`spvi.pl` plots them. Observed and predicted values are compared on one *analysis scale* per
+likelihood: Gaussian data as they are (``NaN`` = not measured, left out), count data (``nb``, ``zinb``,
+``poisson``, ``nbmixture``) as ``log1p`` of counts normalised to the median library size of the modality, and
+``bernoulli`` data as ``x > 0``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Literal
 
+import anndata as ad
 import numpy as np
 import pandas as pd
+import scanpy as sc
 import scipy.sparse as sp
+import torch
 from mudata import MuData
+from sklearn.model_selection import train_test_split
 
-from spvi._constants import PRESENCE_OBSM_KEY
+from spvi._constants import PRESENCE_KEY, PRESENCE_OBSM_KEY, SHARED_OBSM_KEY, private_obsm_key
 from spvi._model import SPVI
-from spvi.metrics import r2_per_feature
+from spvi.metrics import knn_accuracy, label_auc, pearson_per_feature, r2_per_feature
+
+#: Names of the three reconstructions compared by :func:`variance_explained`.
+BLOCKS = ("shared", "private", "shared+private")
+_COUNT_LIKELIHOODS = ("nb", "zinb", "poisson", "nbmixture")
 
 
+# ---------------------------------------------------------------------- helpers
+def _dense_rows(matrix, rows: np.ndarray) -> np.ndarray:
+    """Rows (integer positions) of a dense, sparse or on-disk matrix as a dense float64 array."""
+    block = matrix[rows]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return np.array(block, dtype=np.float64)
+
+
+def _observed(model: SPVI, registered: MuData, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the cells that have ``modality`` and their data (the registered layer), dense."""
+    (index,) = model._modality_indices([modality], "modality")
+    rows = np.flatnonzero(registered.obsm[PRESENCE_OBSM_KEY][:, index].astype(bool))
+    return rows, _dense_rows(registered.mod[modality].X, rows)
+
+
+def _library_normalise(x: np.ndarray, scale: float) -> np.ndarray:
+    totals = x.sum(axis=1, keepdims=True)
+    return np.log1p(np.divide(x, totals, out=np.zeros_like(x), where=totals > 0) * scale)
+
+
+def _analysis_scale(likelihood: str, observed: np.ndarray, *values: np.ndarray) -> list[np.ndarray]:
+    """``observed`` and further matrices (expected values) on the analysis scale of ``likelihood``.
+
+    Counts: ``log1p`` of each row normalised to the median library size of ``observed``; ``bernoulli``: the
+    observed data binarised, expected values (probabilities) unchanged; Gaussian: unchanged.
+    """
+    if likelihood in _COUNT_LIKELIHOODS:
+        totals = observed.sum(axis=1)
+        scale = float(np.median(totals[totals > 0])) if np.any(totals > 0) else 1.0
+        return [_library_normalise(v, scale) for v in (observed, *values)]
+    if likelihood == "bernoulli":
+        return [(observed > 0).astype(np.float64), *values]
+    return [observed, *values]
+
+
+def _to_device(model: SPVI, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.to(model.device) for key, value in tensors.items()}
+
+
+def _posterior_means(
+    model: SPVI, mdata: MuData | None, modality: int, batch_size: int | None
+) -> Iterator[tuple[dict, torch.Tensor, torch.Tensor]]:
+    """Per minibatch: the tensors, the joint posterior mean of ``z_shared`` and the mean of ``z_private[modality]``."""
+    module = model.module
+    for tensors in model._minibatches(mdata, None, batch_size):
+        tensors = _to_device(model, tensors)
+        outputs = module.inference(**module._get_inference_input(tensors))
+        z_shared = module.shared_posterior_mean(outputs["qz_shared"], outputs["presence"])
+        yield tensors, z_shared, outputs["qz_private"][modality].loc
+
+
+def _decode_mean(model: SPVI, modality: int, z: torch.Tensor, tensors: dict, marginal: bool) -> torch.Tensor:
+    """Expected value of ``modality`` decoded from ``z = [z_shared, z_private]`` at library size 1."""
+    module = model.module
+    library = torch.ones(z.shape[0], 1, device=z.device)
+    marginal_rows = torch.full((z.shape[0], 1), marginal, dtype=torch.bool, device=z.device)
+    params = module.decoders[modality](z, library, marginal_rows, *module._categorical(tensors))
+    return module.decoders[modality].likelihood.expected_value(params)
+
+
+def _check_model(model: SPVI) -> None:
+    if not isinstance(model, SPVI):
+        raise TypeError(f"expected a trained spvi.SPVI model, got {type(model).__name__}")
+    if not model.is_trained:
+        raise ValueError("the model is not trained yet: call model.train() first")
+
+
+def _modality_list(model: SPVI, modalities: str | Sequence[str] | None) -> list[str]:
+    return [model.modalities[i] for i in model._modality_indices(modalities, "modalities")]
+
+
+def _dimension_names(model: SPVI, kind: str, modality: str) -> list[str]:
+    if kind == "shared":
+        return [f"shared_{d}" for d in range(model.module.n_shared)]
+    n_private = model.module.n_private[model.modalities.index(modality)]
+    return [f"private_{modality}_{d}" for d in range(n_private)]
+
+
+# ---------------------------------------------------------------------- variance explained
+@torch.inference_mode()
+def _block_reconstructions(
+    model: SPVI, mdata: MuData | None, modality: str, batch_size: int | None
+) -> dict[str, np.ndarray]:
+    """Expected value of ``modality`` decoded from each block alone and from both, for every cell."""
+    (m,) = model._modality_indices([modality], "modality")
+    decoded = {block: [] for block in BLOCKS}
+    for tensors, z_shared, z_private in _posterior_means(model, mdata, m, batch_size):
+        inputs = {
+            "shared": (torch.cat([z_shared, torch.zeros_like(z_private)], dim=1), True),
+            "private": (torch.cat([torch.zeros_like(z_shared), z_private], dim=1), False),
+            "shared+private": (torch.cat([z_shared, z_private], dim=1), False),
+        }
+        for block, (z, marginal) in inputs.items():
+            decoded[block].append(_decode_mean(model, m, z, tensors, marginal).cpu())
+    return {block: torch.cat(parts).numpy().astype(np.float64) for block, parts in decoded.items()}
+
+
+def variance_explained(
+    model: SPVI,
+    mdata: MuData | None = None,
+    modalities: str | Sequence[str] | None = None,
+    per_feature: bool = False,
+    batch_size: int | None = None,
+) -> pd.DataFrame:
+    """Variance of each modality explained by ``z_shared``, by its private block, and by both (MOFA+-style R²).
+
+    For each modality the decoder is run at the posterior means with (a) ``z_shared`` and the private block at
+    its prior mean 0, (b) the private block and ``z_shared`` at 0, (c) both. The R² of each reconstruction is
+    ``1 - SS_res / SS_tot`` on the analysis scale (see :mod:`spvi.tl`), over the cells that have the modality,
+    with ``SS_tot`` around each feature's mean. ``z_shared`` is the joint posterior mean from all the cell's
+    modalities. The decoder is non-linear, so the shared and the private R² need not add up to the joint one,
+    and a block that explains nothing on its own can have R² < 0.
+
+    Parameters
+    ----------
+    model
+        A trained model.
+    mdata
+        MuData to evaluate on (default: the training data).
+    modalities
+        Modalities to evaluate (default all).
+    per_feature
+        Return one R² per feature instead of one per modality.
+    batch_size
+        Minibatch size.
+
+    Returns
+    -------
+    ``per_feature=False``: modalities x ``["shared", "private", "shared+private"]``, the R² of all features of the
+    modality together (sums of squares pooled over features). ``per_feature=True``: one row per feature with
+    columns ``modality``, ``feature`` and the three R² (``NaN`` for constant features).
+
+    Examples
+    --------
+    >>> r2 = spvi.tl.variance_explained(model)
+    >>> spvi.pl.variance_explained(r2)
+    """
+    _check_model(model)
+    registered = model._validate_anndata(mdata)
+    rows_out, totals = [], {}
+    for modality in _modality_list(model, modalities):
+        rows, observed = _observed(model, registered, modality)
+        decoded = _block_reconstructions(model, mdata, modality, batch_size)
+        names = list(decoded)
+        observed, *predictions = _analysis_scale(
+            model.likelihoods[modality], observed, *(decoded[b][rows] for b in names)
+        )
+        measured = ~np.isnan(observed)
+        centred = np.where(measured, observed - np.nanmean(observed, axis=0), 0.0)
+        ss_tot = float(np.sum(centred**2))
+        totals[modality] = {}
+        per_block = {}
+        for block, prediction in zip(names, predictions, strict=True):
+            ss_res = float(np.sum(np.where(measured, observed - prediction, 0.0) ** 2))
+            totals[modality][block] = 1.0 - ss_res / ss_tot if ss_tot > 0 else np.nan
+            per_block[block] = r2_per_feature(observed, prediction)
+        features = pd.DataFrame(per_block)
+        features.insert(0, "feature", registered.mod[modality].var_names.to_numpy())
+        features.insert(0, "modality", modality)
+        rows_out.append(features)
+    if per_feature:
+        return pd.concat(rows_out, ignore_index=True)
+    table = pd.DataFrame.from_dict(totals, orient="index")[list(BLOCKS)]
+    table.index.name = "modality"
+    table.columns.name = "reconstructed from"
+    return table
+
+
+# ---------------------------------------------------------------------- feature associations
+def _decoder_gradients(model: SPVI, mdata: MuData | None, modality: str, batch_size: int | None) -> np.ndarray:
+    """Mean over cells of the derivative of each feature's decoded value with respect to each latent input.
+
+    The decoded value is the log expected value for count likelihoods, the logit of the probability for
+    ``bernoulli`` and the mean for ``gaussian``, at the cell's posterior means. Returns ``(n_shared +
+    n_private, n_features)``.
+    """
+    (m,) = model._modality_indices([modality], "modality")
+    likelihood = model.likelihoods[modality]
+    total, n_cells = None, 0
+    for tensors, z_shared, z_private in _posterior_means_no_grad(model, mdata, m, batch_size):
+        observed = tensors[PRESENCE_KEY][:, m].bool()
+        z = torch.cat([z_shared, z_private], dim=1)[observed]
+        if z.shape[0] == 0:
+            continue
+        cell_tensors = {key: value[observed] for key, value in tensors.items()}
+
+        def decoded(z_in: torch.Tensor, cell_tensors: dict = cell_tensors) -> torch.Tensor:
+            mean = _decode_mean(model, m, z_in, cell_tensors, marginal=False)
+            if likelihood in _COUNT_LIKELIHOODS:
+                return torch.log(mean + 1e-8)
+            if likelihood == "bernoulli":
+                return torch.logit(mean, eps=1e-6)
+            return mean
+
+        rows = []
+        for d in range(z.shape[1]):
+            tangent = torch.zeros_like(z)
+            tangent[:, d] = 1.0
+            _, derivative = torch.func.jvp(decoded, (z,), (tangent,))
+            rows.append(derivative.sum(dim=0))
+        batch_total = torch.stack(rows).cpu().numpy().astype(np.float64)
+        total = batch_total if total is None else total + batch_total
+        n_cells += z.shape[0]
+    return total / n_cells
+
+
+def _posterior_means_no_grad(model: SPVI, mdata: MuData | None, modality: int, batch_size: int | None):
+    with torch.no_grad():
+        yield from _posterior_means(model, mdata, modality, batch_size)
+
+
+def feature_associations(
+    model: SPVI,
+    modality: str,
+    kind: Literal["shared", "private"] = "shared",
+    rank_by: Literal["correlation", "gradient"] = "correlation",
+    mdata: MuData | None = None,
+    n_top: int | None = None,
+    feature_names: str | None = None,
+    batch_size: int | None = None,
+) -> pd.DataFrame:
+    """Features of ``modality`` associated with each dimension of ``z_shared`` or of the modality's private block.
+
+    Two scores per dimension and feature: the Pearson correlation, over the cells that have the modality,
+    between the dimension's posterior mean and the feature on the analysis scale (see :mod:`spvi.tl`); and the
+    decoder gradient, the mean over those cells of the derivative of the decoded feature (log expected value
+    for counts, logit for ``bernoulli``, mean for ``gaussian``) with respect to the dimension, at the posterior
+    means. The correlation says what the data follow, the gradient what the decoder does with the dimension.
+
+    Parameters
+    ----------
+    model
+        A trained model.
+    modality
+        Modality whose features are scored.
+    kind
+        ``"shared"``: dimensions of ``z_shared``; ``"private"``: dimensions of ``modality``'s private block.
+    rank_by
+        Score whose absolute value ranks the features within each dimension.
+    mdata
+        MuData to evaluate on (default: the training data).
+    n_top
+        Keep the ``n_top`` best-ranked features per dimension (default all).
+    feature_names
+        Column of ``mdata[modality].var`` with display names (e.g. gene symbols) for a ``name`` column.
+    batch_size
+        Minibatch size.
+
+    Returns
+    -------
+    One row per dimension and feature, with columns ``dimension`` (``"shared_0"``, ...,
+    ``"private_<modality>_0"``, ...), ``feature``, (``name``,) ``correlation``, ``gradient`` and ``rank`` (1 =
+    strongest), sorted by dimension and rank.
+    """
+    _check_model(model)
+    if kind not in ("shared", "private"):
+        raise ValueError(f"kind must be 'shared' or 'private', got {kind!r}")
+    if rank_by not in ("correlation", "gradient"):
+        raise ValueError(f"rank_by must be 'correlation' or 'gradient', got {rank_by!r}")
+    if n_top is not None and (not isinstance(n_top, int) or n_top < 1):
+        raise ValueError(f"n_top must be a positive int or None, got {n_top!r}")
+    registered = model._validate_anndata(mdata)
+    (m,) = model._modality_indices([modality], "modality")
+    user_mdata = model.mdata if mdata is None else mdata
+    if feature_names is not None and feature_names not in user_mdata[modality].var:
+        raise ValueError(
+            f"feature_names={feature_names!r} is not a column of mdata[{modality!r}].var; "
+            f"available: {list(user_mdata[modality].var.columns)}"
+        )
+    dimensions = _dimension_names(model, kind, modality)
+    if not dimensions:
+        raise ValueError(f"the private block of modality {modality!r} has no dimensions (n_private=0)")
+
+    rows, observed = _observed(model, registered, modality)
+    (observed,) = _analysis_scale(model.likelihoods[modality], observed)
+    latent_kind = {"kind": "shared"} if kind == "shared" else {"kind": "private", "modality": modality}
+    z = model.get_latent_representation(mdata, batch_size=batch_size, **latent_kind)[rows]
+    correlation = np.stack(
+        [pearson_per_feature(observed, np.broadcast_to(z[:, [d]], observed.shape)) for d in range(z.shape[1])]
+    )
+    gradients = _decoder_gradients(model, mdata, modality, batch_size)
+    gradients = gradients[: model.module.n_shared] if kind == "shared" else gradients[model.module.n_shared :]
+
+    features = registered.mod[modality].var_names.to_numpy()
+    tables = []
+    for d, dimension in enumerate(dimensions):
+        table = pd.DataFrame(
+            {"dimension": dimension, "feature": features, "correlation": correlation[d], "gradient": gradients[d]}
+        )
+        if feature_names is not None:
+            table.insert(2, "name", user_mdata[modality].var[feature_names].reindex(features).astype(str).to_numpy())
+        strength = table[rank_by].abs().fillna(-1.0)
+        table = table.iloc[np.argsort(-strength.to_numpy(), kind="stable")].reset_index(drop=True)
+        table["rank"] = np.arange(1, len(table) + 1)
+        tables.append(table if n_top is None else table.head(n_top))
+    return pd.concat(tables, ignore_index=True)
+
+
+# ---------------------------------------------------------------------- cross-modal prediction quality
 def cross_modal_r2(
     model: SPVI,
     source: str | Sequence[str],
@@ -52,3 +367,268 @@ def cross_modal_r2(
     observed = registered.mod[target].X[both]
     observed = observed.toarray() if sp.issparse(observed) else np.asarray(observed)
     return pd.Series(r2_per_feature(observed, prediction[both]), index=registered.mod[target].var_names, name="r2")
+
+
+def prediction_quality(
+    model: SPVI,
+    source: str | Sequence[str],
+    target: str,
+    mdata: MuData | None = None,
+    batch_size: int | None = None,
+) -> pd.DataFrame:
+    """Per-feature quality of the cross-modal prediction ``source -> target`` on cells that have both.
+
+    For a Gaussian target the R² of :meth:`spvi.SPVI.predict` against the observed values (as
+    :func:`cross_modal_r2`); for count targets the Pearson correlation of prediction and observation, both
+    ``log1p``-normalised to the median library size (so that library size does not inflate it); for
+    ``bernoulli`` the Pearson correlation of the predicted probability with ``x > 0``.
+
+    Parameters
+    ----------
+    model
+        A trained model.
+    source
+        Modality (or modalities) to predict from.
+    target
+        Modality to predict.
+    mdata
+        MuData to evaluate on (default: the training data); use held-out cells.
+    batch_size
+        Minibatch size.
+
+    Returns
+    -------
+    Indexed by the features of ``target``: ``score`` (R² or Pearson r; ``NaN`` for features constant in the
+    evaluated cells), ``metric`` (``"r2"`` or ``"pearson"``), ``mean`` (mean observed value on the analysis
+    scale) and ``source``/``target``.
+    """
+    _check_model(model)
+    sources = [model.modalities[i] for i in model._modality_indices(source, "source")]
+    (target_index,) = model._modality_indices([target] if isinstance(target, str) else target, "target")
+    target = model.modalities[target_index]
+    if target in sources:
+        raise ValueError(f"target {target!r} is also a source {sources}: a cross-modal prediction needs other sources")
+    registered = model._validate_anndata(mdata)
+    presence = registered.obsm[PRESENCE_OBSM_KEY].astype(bool)
+    both = np.flatnonzero(presence[:, model._modality_indices(sources, "source") + [target_index]].all(axis=1))
+    if len(both) < 2:
+        raise ValueError(f"fewer than two cells have both {sources} and {target!r}: nothing to evaluate")
+    prediction = model.predict(source=sources, target=target, mdata=mdata, batch_size=batch_size)[both]
+    observed = _dense_rows(registered.mod[target].X, both)
+    likelihood = model.likelihoods[target]
+    observed, prediction = _analysis_scale(likelihood, observed, prediction.astype(np.float64))
+    metric = "r2" if likelihood == "gaussian" else "pearson"
+    score = r2_per_feature(observed, prediction) if metric == "r2" else pearson_per_feature(observed, prediction)
+    return pd.DataFrame(
+        {
+            "score": score,
+            "metric": metric,
+            "mean": np.nanmean(observed, axis=0),
+            "source": "+".join(sources),
+            "target": target,
+        },
+        index=pd.Index(registered.mod[target].var_names, name="feature"),
+    )
+
+
+# ---------------------------------------------------------------------- label association
+def _latent_blocks(model: SPVI, mdata: MuData | None, blocks: Sequence[str] | None, batch_size: int | None) -> dict:
+    latent = model.get_latent_representation(mdata, kind="all", batch_size=batch_size)
+    split = np.split(latent, np.cumsum([model.module.n_shared, *model.module.n_private])[:-1], axis=1)
+    available = {"shared": split[0]} | {
+        f"private_{modality}": block for modality, block in zip(model.modalities, split[1:], strict=True)
+    }
+    available = {name: block for name, block in available.items() if block.shape[1] > 0}
+    if blocks is None:
+        return available
+    unknown = [b for b in blocks if b not in available]
+    if unknown:
+        raise ValueError(f"unknown latent block(s) {unknown}; available: {list(available)}")
+    return {b: available[b] for b in blocks}
+
+
+def label_association(
+    model: SPVI,
+    labels_key: str,
+    mdata: MuData | None = None,
+    train: Sequence[str] | np.ndarray | None = None,
+    test_size: float = 0.3,
+    blocks: Sequence[str] | None = None,
+    n_neighbors: int = 15,
+    random_state: int = 0,
+    batch_size: int | None = None,
+) -> pd.DataFrame:
+    """How well each latent block predicts a label on held-out cells (the paper's shared-biomarker check).
+
+    For ``z_shared`` and each private block, a logistic regression and a k-nearest-neighbour classifier are fit
+    on the training cells' posterior means and scored on the test cells (:func:`spvi.metrics.label_auc`,
+    :func:`spvi.metrics.knn_accuracy`). Cells without the label, and for a private block cells without its
+    modality, are left out. If ``z_shared`` carries a biomarker shared by the modalities, its AUC is high and
+    the private blocks' AUCs are lower.
+
+    Parameters
+    ----------
+    model
+        A trained model.
+    labels_key
+        Column of ``mdata.obs`` with the label.
+    mdata
+        MuData to embed (default: the training data).
+    train
+        Names of the cells to fit the classifiers on (or a boolean mask over ``mdata.obs_names``); the other
+        labelled cells are the test cells. Default: a stratified random split with ``test_size``.
+    test_size
+        Fraction of labelled cells held out when ``train`` is not given.
+    blocks
+        Blocks to evaluate, from ``"shared"`` and ``"private_<modality>"`` (default all).
+    n_neighbors
+        Neighbours of the kNN classifier (at most the number of training cells).
+    random_state
+        Seed of the random split.
+    batch_size
+        Minibatch size.
+
+    Returns
+    -------
+    One row per block (index ``block``) with columns ``auc``, ``knn_accuracy``, ``n_train`` and ``n_test``.
+    """
+    _check_model(model)
+    user_mdata = model.mdata if mdata is None else mdata
+    if labels_key not in user_mdata.obs:
+        raise ValueError(f"labels_key={labels_key!r} is not a column of mdata.obs; available: {list(user_mdata.obs)}")
+    labels = pd.Series(user_mdata.obs[labels_key].to_numpy(dtype=object), index=user_mdata.obs_names)
+    labelled = labels.notna().to_numpy()
+    if train is None:
+        names = user_mdata.obs_names[labelled]
+        train_names, _ = train_test_split(
+            names.to_numpy(), test_size=test_size, stratify=labels[labelled].astype(str), random_state=random_state
+        )
+        is_train = user_mdata.obs_names.isin(train_names)
+    else:
+        train = np.asarray(train)
+        if train.dtype == bool:
+            if train.shape != (user_mdata.n_obs,):
+                raise ValueError(
+                    f"a boolean train mask must have one entry per cell ({user_mdata.n_obs}), got {train.shape}"
+                )
+            is_train = train
+        else:
+            unknown = pd.Index(train).difference(user_mdata.obs_names)
+            if len(unknown):
+                raise ValueError(f"train names {list(unknown[:5])} are not cells of the MuData")
+            is_train = user_mdata.obs_names.isin(train)
+    rows = []
+    for block, z in _latent_blocks(model, mdata, blocks, batch_size).items():
+        usable = labelled & np.isfinite(z).all(axis=1)
+        fit, score = usable & is_train, usable & ~is_train
+        k = min(n_neighbors, int(fit.sum()))
+        rows.append(
+            {
+                "block": block,
+                "auc": label_auc(z[fit], labels[fit], z[score], labels[score]),
+                "knn_accuracy": knn_accuracy(z[fit], labels[fit], z[score], labels[score], n_neighbors=k),
+                "n_train": int(fit.sum()),
+                "n_test": int(score.sum()),
+            }
+        )
+    return pd.DataFrame(rows).set_index("block")
+
+
+# ---------------------------------------------------------------------- training history
+def training_history(model: SPVI) -> pd.DataFrame:
+    """The logged training curves of a model in long form.
+
+    Parameters
+    ----------
+    model
+        A trained model.
+
+    Returns
+    -------
+    Columns ``epoch``, ``metric`` (e.g. ``"elbo"``, ``"reconstruction_rna"``, ``"kl_local"``, ``"kl_weight"``),
+    ``split`` (``"train"``, ``"validation"`` or ``""``) and ``value``, from ``model.history``.
+    """
+    _check_model(model)
+    frames = []
+    for key, frame in model.history.items():
+        metric, split = key, ""
+        for name in ("train", "validation"):
+            if key.endswith(f"_{name}"):
+                metric, split = key[: -len(name) - 1], name
+            elif key.startswith(f"{name}_"):  # scvi-tools' "train_loss", "validation_loss"
+                metric, split = key[len(name) + 1 :], name
+        values = pd.to_numeric(frame.iloc[:, 0], errors="coerce")
+        frames.append(
+            pd.DataFrame(
+                {"epoch": np.asarray(frame.index, dtype=int), "metric": metric, "split": split, "value": values}
+            )
+        )
+    if not frames:
+        raise ValueError("the model has no training history")
+    return pd.concat(frames, ignore_index=True).dropna(subset=["value"])
+
+
+# ---------------------------------------------------------------------- scanpy interop
+def umap_key(block: str) -> str:
+    """``.obsm`` key of the UMAP of a latent block written by :func:`latent_umap` (``"X_umap_spvi_<block>"``)."""
+    return f"X_umap_spvi_{block}"
+
+
+def latent_umap(
+    model: SPVI,
+    mdata: MuData | None = None,
+    blocks: Sequence[str] | None = None,
+    n_neighbors: int = 15,
+    random_state: int = 0,
+    batch_size: int | None = None,
+) -> list[str]:
+    """Write the embeddings into ``mdata.obsm`` and a UMAP of each latent block, computed with scanpy.
+
+    Calls :meth:`spvi.SPVI.write_latents`, then for each block ``sc.pp.neighbors(adata, use_rep=...)`` and
+    ``sc.tl.umap`` on an AnnData that holds the block for the cells that have it (all cells for
+    ``z_shared``, the cells with the modality for a private block). The neighbour graph of ``z_shared`` is
+    also what ``sc.pp.neighbors(mdata, use_rep="X_spvi_shared")`` gives for clustering.
+
+    Parameters
+    ----------
+    model
+        A trained model.
+    mdata
+        MuData to embed and write into (default: the training MuData).
+    blocks
+        Blocks, from ``"shared"`` and ``"private_<modality>"`` (default all).
+    n_neighbors
+        Neighbours of the kNN graph.
+    random_state
+        Seed of UMAP.
+    batch_size
+        Minibatch size.
+
+    Returns
+    -------
+    The ``.obsm`` keys written, ``"X_umap_spvi_<block>"`` per block (``NaN`` rows for cells without the block);
+    plot them with :func:`spvi.pl.latent_umap`.
+    """
+    _check_model(model)
+    mdata = model.mdata if mdata is None else mdata
+    model.write_latents(mdata, batch_size=batch_size)
+    latent_keys = {"shared": SHARED_OBSM_KEY} | {f"private_{m}": private_obsm_key(m) for m in model.modalities}
+    latent_keys = {b: k for b, k in latent_keys.items() if mdata.obsm[k].shape[1] > 0}
+    blocks = list(latent_keys) if blocks is None else list(blocks)
+    unknown = [b for b in blocks if b not in latent_keys]
+    if unknown:
+        raise ValueError(f"unknown latent block(s) {unknown}; available: {list(latent_keys)}")
+    written = []
+    for block in blocks:
+        z = np.asarray(mdata.obsm[latent_keys[block]])
+        rows = np.isfinite(z).all(axis=1)
+        if rows.sum() <= n_neighbors:
+            raise ValueError(f"block {block!r} has {rows.sum()} cells, fewer than n_neighbors + 1 = {n_neighbors + 1}")
+        adata = ad.AnnData(obs=pd.DataFrame(index=mdata.obs_names[rows]), obsm={latent_keys[block]: z[rows]})
+        sc.pp.neighbors(adata, use_rep=latent_keys[block], n_neighbors=n_neighbors, random_state=random_state)
+        sc.tl.umap(adata, random_state=random_state)
+        umap = np.full((mdata.n_obs, 2), np.nan)
+        umap[rows] = adata.obsm["X_umap"]
+        mdata.obsm[umap_key(block)] = umap
+        written.append(umap_key(block))
+    return written
