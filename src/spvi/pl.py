@@ -205,7 +205,7 @@ def prediction_quality(
         ax.annotate(f"median {np.median(values):.2f}", (position, np.max(values)), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(positions, list(groups))
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set(ylabel=f"{_METRIC_LABELS[metric]} per feature", title="Cross-modal prediction quality")
+    ax.set(xlabel="prediction", ylabel=f"{_METRIC_LABELS[metric]} per feature", title="Cross-modal prediction quality")
     return ax
 
 
