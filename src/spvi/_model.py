@@ -33,6 +33,7 @@ from spvi._data import build_registered_mudata, check_setup_arguments, row_sums
 from spvi._likelihoods import LIKELIHOODS
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
+from spvi._trainingplan import SPVITrainingPlan
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
     """
 
     _module_cls = SPVAE
+    _training_plan_cls = SPVITrainingPlan
     # user MuData -> the padded MuData registered with scvi-tools (see spvi._data)
     _registered: weakref.WeakKeyDictionary[MuData, MuData] = weakref.WeakKeyDictionary()
 
