@@ -9,8 +9,8 @@ DEVICE="${1:-$("$PYTHON" -c 'import torch; print("cuda" if torch.cuda.is_availab
 export PYTHONWARNINGS=ignore
 "$PYTHON" run_speed.py --device "$DEVICE" --n-cells 20000 --epochs 2 --output "results/speed_${DEVICE}_fp32_b128.csv"
 if [ "$DEVICE" = cuda ]; then
-  "$PYTHON" run_speed.py --device cuda --n-cells 20000 --epochs 2 --batch-size 1024 --load-sparse-tensor \
-    --output results/speed_cuda_fp32_b1024_sparse.csv
+  "$PYTHON" run_speed.py --device cuda --n-cells 20000 --epochs 2 --batch-size 1024 \
+    --output results/speed_cuda_fp32_b1024.csv
   "$PYTHON" run_speed.py --device cuda --n-cells 20000 --epochs 2 --precision bf16-mixed \
     --output results/speed_cuda_bf16_b128.csv
 fi

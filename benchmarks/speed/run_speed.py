@@ -123,6 +123,7 @@ def time_model(model, device: str, epochs: int, precision: str, batch_size: int,
         enable_progress_bar=False,
         enable_model_summary=False,
         precision=precision,
+        load_sparse_tensor=load_sparse_tensor,
     )
     seconds = timer.seconds[-1]
     n_cells = model.adata.n_obs
