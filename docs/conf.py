@@ -1,7 +1,19 @@
-"""Sphinx configuration (cookiecutter-scverse layout)."""
+"""Sphinx configuration (cookiecutter-scverse layout).
 
+Build with ``bash scripts/build_docs.sh``. The build works offline: intersphinx links to Python, NumPy, pandas,
+MuData, scvi-tools and PyTorch are only made when ``SPVI_DOCS_INTERSPHINX=1`` is set (they need the internet).
+Tutorial notebooks are rendered as they are committed (with their outputs, never executed): every
+``tutorials/*.ipynb`` of the repository is copied into ``docs/tutorials/`` (git-ignored) before the build.
+"""
+
+import os
+import shutil
 from datetime import datetime
 from importlib.metadata import metadata
+from pathlib import Path
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
 
 info = metadata("spvi")
 project = info["Name"]
@@ -16,21 +28,98 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
     "sphinx_autodoc_typehints",
+    "sphinx_design",
 ]
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+
+# --- API reference
 autosummary_generate = True
 autodoc_member_order = "groupwise"
+autodoc_typehints = "description"
+autodoc_default_options = {"show-inheritance": False}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
-myst_enable_extensions = ["amsmath", "colon_fence", "dollarmath"]
-nb_execution_mode = "off"
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
-intersphinx_mapping = {
-    "python": ("https://docs.python.org/3", None),
-    "mudata": ("https://mudata.readthedocs.io/en/latest/", None),
-    "scvi": ("https://docs.scvi-tools.org/en/stable/", None),
-    "torch": ("https://pytorch.org/docs/stable/", None),
-}
+napoleon_use_rtype = True
+napoleon_use_param = True
+typehints_defaults = "braces"
+always_document_param_types = False
+
+# --- Markdown and notebooks
+myst_enable_extensions = ["amsmath", "colon_fence", "dollarmath", "deflist"]
+myst_heading_anchors = 3
+nb_execution_mode = "off"  # notebooks are committed executed; the docs build never runs them
+nb_merge_streams = True
+# progress bars of executed notebooks (ipywidgets) have no static rendering: show their text/plain fallback
+nb_mime_priority_overrides = [("*", "application/vnd.jupyter.widget-view+json", None)]
+
+# --- intersphinx only on demand: the docs must build offline and without warnings
+intersphinx_mapping = {}
+if os.environ.get("SPVI_DOCS_INTERSPHINX") == "1":
+    intersphinx_mapping = {
+        "python": ("https://docs.python.org/3", None),
+        "numpy": ("https://numpy.org/doc/stable/", None),
+        "pandas": ("https://pandas.pydata.org/docs/", None),
+        "anndata": ("https://anndata.readthedocs.io/en/stable/", None),
+        "mudata": ("https://mudata.readthedocs.io/en/latest/", None),
+        "scvi": ("https://docs.scvi-tools.org/en/stable/", None),
+        "torch": ("https://pytorch.org/docs/stable/", None),
+        "matplotlib": ("https://matplotlib.org/stable/", None),
+    }
+
+# --- HTML
 html_theme = "sphinx_book_theme"
 html_title = "spvi"
-exclude_patterns = ["_build", "**.ipynb_checkpoints"]
+html_theme_options = {
+    "repository_url": dict(url.split(", ", 1) for url in info.get_all("Project-URL") or [])["Source"],
+    "use_repository_button": True,
+    "navigation_with_keys": False,
+}
+
+
+# --- tutorials: copy tutorials/*.ipynb into docs/tutorials/ (git-ignored) and list them on docs/tutorials.md
+TUTORIALS_SOURCE = REPO / "tutorials"
+TUTORIALS_COPY = HERE / "tutorials"
+TUTORIALS_MARKER = "<!-- tutorial notebooks -->"
+
+
+def _sync_tutorials() -> list[str]:
+    """Mirror ``tutorials/*.ipynb`` into ``docs/tutorials/``; return the copied notebook names (stems), sorted."""
+    notebooks = sorted(TUTORIALS_SOURCE.glob("*.ipynb"))
+    TUTORIALS_COPY.mkdir(exist_ok=True)
+    for stale in TUTORIALS_COPY.iterdir():
+        if stale.is_file() and stale.name not in {nb.name for nb in notebooks}:
+            stale.unlink()
+    for notebook in notebooks:
+        copy = TUTORIALS_COPY / notebook.name
+        if not copy.exists() or copy.read_bytes() != notebook.read_bytes():
+            shutil.copy2(notebook, copy)
+    return [nb.stem for nb in notebooks]
+
+
+TUTORIALS = _sync_tutorials()
+
+
+def _tutorial_list(app, docname: str, source: list[str]) -> None:
+    """Replace the marker on the tutorials page by a toctree of the notebooks (or a note that there are none)."""
+    if docname != "tutorials":
+        return
+    if TUTORIALS:
+        entries = "\n".join(f"tutorials/{name}" for name in TUTORIALS)
+        listing = f"```{{toctree}}\n:maxdepth: 1\n\n{entries}\n```\n"
+    else:
+        listing = "No tutorial notebooks are in this checkout yet (`tutorials/*.ipynb`).\n"
+    source[0] = source[0].replace(TUTORIALS_MARKER, listing)
+
+
+def _reread_tutorials(app, env, added, changed, removed) -> list[str]:
+    """Re-read the tutorials page on every build: its toctree depends on files outside docs/."""
+    return ["tutorials"]
+
+
+def setup(app):
+    app.connect("source-read", _tutorial_list)
+    app.connect("env-get-outdated", _reread_tutorials)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Build the documentation into docs/_build/html with warnings as errors (offline; notebooks are not executed).
+# Needs .venv with spvi (bash scripts/setup.sh); installs the doc extra into it first.
+# SPVI_DOCS_INTERSPHINX=1 adds links to the Python, NumPy, pandas, MuData, scvi-tools and PyTorch docs (needs the internet).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[doc]"
+.venv/bin/python -m sphinx -W --keep-going -b html docs docs/_build/html
