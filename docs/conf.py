@@ -8,6 +8,7 @@ Tutorial notebooks are rendered as they are committed (with their outputs, never
 
 import os
 import shutil
+import warnings
 from datetime import datetime
 from importlib.metadata import metadata
 from pathlib import Path
@@ -21,6 +22,9 @@ author = "spvi developers"
 copyright = f"{datetime.now():%Y}, {author}"
 version = info["Version"]
 release = version
+
+# sphinx-autodoc-typehints 3.x calls an API that Sphinx 9 deprecates: a Python warning, not a docs problem
+warnings.filterwarnings("ignore", message=r".*_RstSnippetParser\.set_application.*")
 
 extensions = [
     "myst_nb",
@@ -40,7 +44,7 @@ source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-n
 autosummary_generate = True
 autodoc_member_order = "groupwise"
 autodoc_typehints = "description"
-autodoc_default_options = {"show-inheritance": False}
+autodoc_default_options = {"show-inheritance": True}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = True
@@ -120,6 +124,32 @@ def _reread_tutorials(app, env, added, changed, removed) -> list[str]:
     return ["tutorials"]
 
 
+def _prose_returns(app, what, name, obj, options, lines: list[str]) -> None:
+    """Render spvi's prose "Returns" sections (the type comes from the annotation) as one description.
+
+    sphinx-autodoc-typehints puts a line ``:`` (no name, no type) under a numpy "Returns" header; the prose below it
+    must be indented to be that entry's description, or napoleon reads every line as a type.
+    """
+    for start in range(len(lines) - 2):
+        if (
+            lines[start].strip().lower() == "returns"
+            and set(lines[start + 1].strip()) == {"-"}
+            and lines[start + 2] == ":"
+        ):
+            body = start + 3
+            end = body
+            while end < len(lines) and not (
+                end + 1 < len(lines) and lines[end].strip() and set(lines[end + 1].strip()) == {"-"}
+            ):
+                end += 1
+            if any(line.startswith(" ") for line in lines[body:end]):
+                return  # a numpy "type / indented description" entry: leave it to napoleon
+            lines[body:end] = [f"    {line}" if line.strip() else line for line in lines[body:end]]
+            return
+
+
 def setup(app):
+    # after sphinx-autodoc-typehints' own handler (same priority, connected later), before napoleon's
+    app.connect("autodoc-process-docstring", _prose_returns, priority=499)
     app.connect("source-read", _tutorial_list)
     app.connect("env-get-outdated", _reread_tutorials)
