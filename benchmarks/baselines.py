@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cross_decomposition import CCA
+from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
 
 #: ridge penalties searched by :func:`ridge_predict` (leave-one-out CV of RidgeCV)
@@ -108,6 +109,39 @@ class MofaFit:
         sources = [source] if isinstance(source, int | np.integer) else list(source)
         z = self.infer_factors(data, sources)
         return z @ self.weights[target].T + self.means[target]
+
+    def predict_refit(
+        self, train: Sequence[np.ndarray | None], test: Sequence[np.ndarray | None], source, target: int
+    ) -> np.ndarray:
+        """Cross-modal prediction with a refitted linear read-out instead of the loadings ``W_t``.
+
+        Factors are inferred from the source view(s) only (:meth:`infer_factors`) for the training and the
+        test samples; the target is then regressed on the training samples' inferred factors (least squares
+        with an intercept, over the training samples with the target fully observed) and the regression is
+        applied to the test samples. This corrects for the factors being less well determined by the
+        source alone than by all views, which the plain reconstruction ``Z W_t^T`` ignores.
+
+        Parameters
+        ----------
+        train, test
+            Per view, the training samples' data (the ones MOFA+ was fit on) and the new samples' data.
+        source
+            View index (or indices) to infer the factors from.
+        target
+            View index to predict.
+
+        Returns
+        -------
+        Predicted target of the test samples.
+        """
+        sources = [source] if isinstance(source, int | np.integer) else list(source)
+        y = np.asarray(train[target], dtype=np.float64)
+        keep = ~np.isnan(y).any(axis=1)
+        z_train = self.infer_factors(train, sources)[keep]
+        design = np.column_stack([z_train, np.ones(len(z_train))])
+        coef = np.linalg.lstsq(design, y[keep], rcond=None)[0]
+        z_test = self.infer_factors(test, sources)
+        return np.column_stack([z_test, np.ones(len(z_test))]) @ coef
 
 
 def fit_mofa(
@@ -203,13 +237,18 @@ def ridge_predict(
     return model.predict(_impute_test(x_test, x))
 
 
-def cca_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_components: int = 2) -> np.ndarray:
+def cca_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_components: int = 2, n_pca: int = 20
+) -> np.ndarray:
     """Predict the target of held-out samples from the source through canonical correlation analysis.
 
-    :class:`sklearn.cross_decomposition.CCA` with ``n_components`` pairs of canonical variates (features
-    standardised, ``max_iter=2000``) is fit on the training samples with both source and target without
-    ``NaN``; :meth:`~sklearn.cross_decomposition.CCA.predict` regresses the target on the source's canonical
-    variates. ``NaN`` source values of test samples are replaced by the training mean.
+    With more features than samples plain CCA finds perfectly correlated, meaningless directions, so each
+    side is first reduced to its top ``n_pca`` principal components (PCA fit on the training samples; a
+    common PCA-CCA). :class:`sklearn.cross_decomposition.CCA` with ``n_components`` pairs of canonical
+    variates (scores standardised, ``max_iter=2000``) is fit on the training samples with both source and
+    target without ``NaN``; :meth:`~sklearn.cross_decomposition.CCA.predict` regresses the target's PC scores
+    on the source's canonical variates and the PCA is inverted to give the target features. ``NaN`` source
+    values of test samples are replaced by the training mean.
 
     Parameters
     ----------
@@ -218,14 +257,20 @@ def cca_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_
     x_test
         Source of the test samples.
     n_components
-        Number of canonical components (capped at the smallest dimension).
+        Number of canonical components (capped at the number of principal components).
+    n_pca
+        Number of principal components kept on each side (capped at the features and samples - 1).
 
     Returns
     -------
     Predicted target of the test samples.
     """
     x, y = _complete_training_rows(x_train, y_train)
-    n_components = max(1, min(n_components, x.shape[1], y.shape[1], x.shape[0] - 1))
+    pca_x = PCA(n_components=min(n_pca, x.shape[1], x.shape[0] - 1)).fit(x)
+    pca_y = PCA(n_components=min(n_pca, y.shape[1], y.shape[0] - 1)).fit(y)
+    scores_x, scores_y = pca_x.transform(x), pca_y.transform(y)
+    n_components = max(1, min(n_components, scores_x.shape[1], scores_y.shape[1]))
     with np.errstate(all="ignore"):
-        model = CCA(n_components=n_components, max_iter=2000).fit(x, y)
-        return model.predict(_impute_test(x_test, x))
+        model = CCA(n_components=n_components, max_iter=2000).fit(scores_x, scores_y)
+        predicted_scores = model.predict(pca_x.transform(_impute_test(x_test, x)))
+    return pca_y.inverse_transform(predicted_scores)
