@@ -2,8 +2,14 @@
 
 Build with ``bash scripts/build_docs.sh``. The build works offline: intersphinx links to Python, NumPy, pandas,
 MuData, scvi-tools and PyTorch are only made when ``SPVI_DOCS_INTERSPHINX=1`` is set (they need the internet).
-Tutorial notebooks are rendered as they are committed (with their outputs, never executed): every
-``tutorials/*.ipynb`` of the repository is copied into ``docs/tutorials/`` (git-ignored) before the build.
+
+Two folders of the docs are made here before every build (both git-ignored):
+
+- ``docs/tutorials/``: a copy of every ``tutorials/*.ipynb``, rendered with the outputs it was committed with (never
+  executed) and listed on ``docs/tutorials.md``.
+- ``docs/benchmarks/``: a mirror of ``benchmarks/``: one page per Markdown file that includes the original, and a
+  copy of every other (small) file. The repository's relative links (``README.md`` -> ``benchmarks/README.md``,
+  ``benchmarks/README.md`` -> ``results/...``) then resolve to these pages and downloads, wherever they point.
 """
 
 import os
@@ -55,6 +61,8 @@ always_document_param_types = False
 # --- Markdown and notebooks
 myst_enable_extensions = ["amsmath", "colon_fence", "dollarmath", "deflist"]
 myst_heading_anchors = 3
+# the included benchmark tables and the notebooks may skip heading levels (H1 -> H3); that is not an error here
+suppress_warnings = ["myst.header"]
 nb_execution_mode = "off"  # notebooks are committed executed; the docs build never runs them
 nb_merge_streams = True
 # progress bars of executed notebooks (ipywidgets) have no static rendering: show their text/plain fallback
@@ -122,6 +130,53 @@ def _tutorial_list(app, docname: str, source: list[str]) -> None:
 def _reread_tutorials(app, env, added, changed, removed) -> list[str]:
     """Re-read the tutorials page on every build: its toctree depends on files outside docs/."""
     return ["tutorials"]
+
+
+# --- benchmarks: mirror benchmarks/ into docs/benchmarks/ (git-ignored)
+BENCHMARKS_SOURCE = REPO / "benchmarks"
+BENCHMARKS_COPY = HERE / "benchmarks"
+MAX_COPIED_BYTES = 2**21  # data files larger than this are left out of the docs
+
+
+def _write_if_changed(path: Path, content: bytes) -> None:
+    if not path.exists() or path.read_bytes() != content:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+def _sync_benchmarks() -> None:
+    """Make ``docs/benchmarks/`` mirror ``benchmarks/``: Markdown files as include pages, the rest copied."""
+    sources = [
+        path
+        for path in sorted(BENCHMARKS_SOURCE.rglob("*"))
+        if path.is_file()
+        and not any(part.startswith((".", "__pycache__")) for part in path.relative_to(BENCHMARKS_SOURCE).parts)
+    ]
+    pages = [path.relative_to(BENCHMARKS_SOURCE) for path in sources if path.suffix == ".md"]
+    wanted = set()
+    for path in sources:
+        relative = path.relative_to(BENCHMARKS_SOURCE)
+        target = BENCHMARKS_COPY / relative
+        if path.suffix == ".md":
+            include = Path(os.path.relpath(path, target.parent)).as_posix()
+            content = f"```{{include}} {include}\n```\n"
+            if relative == Path("README.md"):  # the benchmarks page: every other page hangs below it
+                others = "\n".join(page.with_suffix("").as_posix() for page in pages if page != relative)
+                content += f"\n```{{toctree}}\n:hidden: true\n\n{others}\n```\n"
+            _write_if_changed(target, content.encode())
+        elif path.suffix not in source_suffix and path.stat().st_size <= MAX_COPIED_BYTES:  # no orphan pages
+            _write_if_changed(target, path.read_bytes())
+        else:
+            continue
+        wanted.add(target)
+    for stale in sorted(BENCHMARKS_COPY.rglob("*"), reverse=True) if BENCHMARKS_COPY.exists() else []:
+        if stale.is_file() and stale not in wanted:
+            stale.unlink()
+        elif stale.is_dir() and not any(stale.iterdir()):
+            stale.rmdir()
+
+
+_sync_benchmarks()
 
 
 def _prose_returns(app, what, name, obj, options, lines: list[str]) -> None:
