@@ -7,7 +7,7 @@ from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from spvi.metrics import knn_accuracy, label_auc, pearson_per_feature, r2_per_feature
+from spvi.metrics import knn_accuracy, label_auc, latent_recovery_r2, pearson_per_feature, r2_per_feature
 
 
 @pytest.fixture
@@ -132,3 +132,29 @@ def test_knn_accuracy_matches_sklearn(latent):
     assert accuracy == pytest.approx(np.mean(predicted == labels[100:]))
     with pytest.raises(ValueError, match="n_neighbors must be between 1 and the 100 labelled train cells"):
         knn_accuracy(z[:100], labels[:100], z[100:], labels[100:], n_neighbors=101)
+
+
+def test_latent_recovery_r2_sees_through_nonlinear_maps_and_rejects_unrelated_blocks():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(-2, 2, size=(1200, 2))
+    # a learned block that is a non-linear, invertible transform of the truth (plus a little noise)
+    recovered = np.column_stack([np.tanh(truth[:, 0]), truth[:, 1] ** 3]) + rng.normal(scale=0.01, size=(1200, 2))
+    unrelated = rng.normal(size=(1200, 2))
+    train, test = slice(0, 1000), slice(1000, None)
+    r2 = latent_recovery_r2(recovered[train], truth[train], recovered[test], truth[test])
+    assert r2.shape == (2,)
+    assert (r2 > 0.95).all()
+    r2_unrelated = latent_recovery_r2(unrelated[train], truth[train], unrelated[test], truth[test])
+    assert (r2_unrelated < 0.1).all()
+    # a block that holds only the first factor recovers that one and not the second
+    partial = latent_recovery_r2(truth[train, :1], truth[train], truth[test, :1], truth[test])
+    assert partial[0] > 0.95
+    assert partial[1] < 0.1
+
+
+def test_latent_recovery_r2_errors():
+    z = np.zeros((10, 2))
+    with pytest.raises(ValueError, match="same cells"):
+        latent_recovery_r2(z, np.zeros((9, 1)), z, np.zeros((10, 1)))
+    with pytest.raises(ValueError, match="n_neighbors"):
+        latent_recovery_r2(z, np.zeros((10, 1)), z, np.zeros((10, 1)), n_neighbors=11)
