@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 from sklearn.neighbors import KNeighborsRegressor
 
-from spvi.datasets import cll, synthetic_gp
+from scipy import sparse
+
+from spvi.datasets import cll, pbmc_cite_mosaic, synthetic_gp
 from spvi.metrics import r2_per_feature
 
 
@@ -132,3 +134,22 @@ def test_cll_from_path(cll_path, tmp_path):
         assert (packaged[mod].obs_names == from_path[mod].obs_names).all()
     with pytest.raises(FileNotFoundError, match="missing.h5mu"):
         cll(path=tmp_path / "missing.h5mu")
+
+
+def test_pbmc_cite_mosaic_packaged_matches_shared_copy(cite_path, tmp_path):
+    mdata = pbmc_cite_mosaic()
+    assert {mod: mdata[mod].shape for mod in mdata.mod} == {"rna": (1200, 500), "protein": (1200, 224)}
+    assert mdata.n_obs == 1600
+    assert int(mdata.obs["paired"].sum()) == 800
+    assert mdata.obs["cell_type"].nunique() == 8
+    # batch p1_0 has RNA only, p2_0 protein only
+    assert set(mdata.obs.loc[mdata["rna"].obs_names, "batch"]) == {"p1_0", "p3_0", "p4_0"}
+    assert set(mdata.obs.loc[mdata["protein"].obs_names, "batch"]) == {"p2_0", "p3_0", "p4_0"}
+    rna = mdata["rna"].X
+    assert sparse.issparse(rna)
+    np.testing.assert_array_equal(rna.data, np.round(rna.data))
+    from_path = pbmc_cite_mosaic(path=cite_path)
+    for mod in mdata.mod:
+        assert (mdata[mod].X != from_path[mod].X).nnz == 0
+    with pytest.raises(FileNotFoundError, match="PBMC CITE-seq data file .*missing.h5mu"):
+        pbmc_cite_mosaic(path=tmp_path / "missing.h5mu")

@@ -1,6 +1,7 @@
-"""Data sets: simulated shared-private data and a real multi-omics cohort."""
+"""Data sets: simulated shared-private data and real multi-omics data shipped with spvi."""
 
 from ._cll import cll
+from ._pbmc_cite import pbmc_cite_mosaic
 from ._synthetic import synthetic_gp
 
-__all__ = ["cll", "synthetic_gp"]
+__all__ = ["cll", "pbmc_cite_mosaic", "synthetic_gp"]

@@ -1,12 +1,10 @@
 """The MOFA chronic lymphocytic leukaemia (CLL) cohort, shipped with the package."""
 
-from importlib.resources import as_file, files
 from os import PathLike
-from pathlib import Path
 
 import mudata as md
 
-_PACKAGED_FILE = "cll_mofa.h5mu"
+from ._files import read_packaged_or_local
 
 
 def cll(path: str | PathLike | None = None) -> md.MuData:
@@ -45,16 +43,4 @@ def cll(path: str | PathLike | None = None) -> md.MuData:
     >>> mdata["rna"].shape
     (136, 5000)
     """
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"CLL data file {path} does not exist; pass path=None to load the packaged copy")
-        return _read(path)
-    with as_file(files(__package__).joinpath("data", _PACKAGED_FILE)) as packaged:
-        return _read(packaged)
-
-
-def _read(path: Path) -> md.MuData:
-    """Read an ``.h5mu`` file keeping its global ``obs`` and ``var`` as stored."""
-    with md.set_options(pull_on_update=False):
-        return md.read_h5mu(path)
+    return read_packaged_or_local("cll_mofa.h5mu", path, "CLL")
