@@ -76,6 +76,7 @@ def train_spvi(args: argparse.Namespace, objective: str, seed: int, train_data: 
         n_private=args.n_private,
         objective=objective,
         marginal_dispersion=not args.paper_dispersion,
+        cross_modal_private=args.cross_modal_private,
     )
     stopping = (
         {
@@ -145,6 +146,16 @@ def spvi_rows(args: argparse.Namespace, objective: str, seed: int, mdata, train,
     return rows
 
 
+def variant(args: argparse.Namespace) -> str:
+    """Settings that differ from the paper's model (latent 2 + 2 + 2, private block 0 in cross-modal terms)."""
+    parts = []
+    if args.cross_modal_private != "zero":
+        parts.append(f"cross_modal_private={args.cross_modal_private}")
+    if args.n_shared != 2 or args.n_private != 2:
+        parts.append(f"latent {args.n_shared}+{args.n_private}")
+    return ", ".join(parts)
+
+
 def _row(args, method: str, objective: str, seed: int, mdata, source: str, target: str, r2: pd.Series, extra) -> dict:
     is_shared = mdata[target].var.loc[r2.index, "is_shared"].to_numpy(dtype=bool)
     return {
@@ -159,6 +170,7 @@ def _row(args, method: str, objective: str, seed: int, mdata, source: str, targe
         "r2_shared": float(np.nanmean(r2[is_shared])),
         "r2_other": float(np.nanmean(r2[~is_shared])),
         "early_stopping": args.early_stopping,
+        "variant": variant(args) if method == "spvi" else "",
         "epochs": args.epochs,
         "lr": args.lr,
         **extra,
@@ -236,6 +248,7 @@ def main() -> None:
     parser.add_argument("--baselines", action="store_true", help="also MOFA+, ridge and PCA-CCA")
     parser.add_argument("--mofa-iterations", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--cross-modal-private", choices=["zero", "posterior"], default="zero")
     args = parser.parse_args()
     args.n_other = None if args.n_other == "all" else int(args.n_other)
     if args.epochs is None:
@@ -245,8 +258,6 @@ def main() -> None:
     md.set_options(pull_on_update=False)
     output = args.output or RESULTS / f"paper_r2_{args.dataset}.csv"
     output.parent.mkdir(parents=True, exist_ok=True)
-    previous = pd.read_csv(output) if output.exists() else pd.DataFrame()
-    rows: list[dict] = []
     for seed in args.seeds:
         mdata, train, test = load(args.dataset, args.n_other, seed, args.n_obs)
         for objective in [*args.objectives, *(["baselines"] if args.baselines else [])]:
@@ -254,8 +265,11 @@ def main() -> None:
                 new_rows = baseline_rows(args, seed, mdata, train, test)
             else:
                 new_rows = spvi_rows(args, objective, seed, mdata, train, test)
-            rows += new_rows
-            pd.concat([previous, pd.DataFrame(rows)], ignore_index=True).to_csv(output, index=False)
+            # re-read the file right before writing: several runs may write to it
+            table = pd.DataFrame(new_rows)
+            if output.exists():
+                table = pd.concat([pd.read_csv(output), table], ignore_index=True)
+            table.to_csv(output, index=False)
             columns = ["method", "objective", "seed", "source", "target", "r2_shared", "auc_shared"]
             print(pd.DataFrame(new_rows)[columns].to_string(index=False), flush=True)
 

@@ -45,7 +45,8 @@ def _label_column(table: pd.DataFrame) -> pd.Series:
 
 def _order(labels) -> list[str]:
     spvi_first = [f"spvi {o}" for o in OBJECTIVE_ORDER]
-    return [label for label in spvi_first if label in set(labels)] + sorted(set(labels) - set(spvi_first))
+    rest = sorted(set(labels) - set(spvi_first), key=lambda label: (not label.startswith("spvi"), label))
+    return [label for label in spvi_first if label in set(labels)] + rest
 
 
 def _markdown(frame: pd.DataFrame) -> str:

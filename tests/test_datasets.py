@@ -2,9 +2,8 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.neighbors import KNeighborsRegressor
-
 from scipy import sparse
+from sklearn.neighbors import KNeighborsRegressor
 
 from spvi.datasets import cll, pbmc_cite_mosaic, synthetic_gp
 from spvi.metrics import r2_per_feature

@@ -101,6 +101,31 @@ def test_cross_modal_terms_decode_with_private_block_at_zero():
     assert torch.all(stacked[1, :, 3:] != 0)  # same-modality: sampled private block
 
 
+def test_cross_modal_private_posterior_uses_the_targets_own_sample_without_its_gradient():
+    module = _module("mmvae++", cross_modal_private="posterior")
+    tensors = _tensors(module)
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    captured = []
+    hook = module.decoders[1].trunk.register_forward_hook(lambda mod, args, out: captured.append(args[0]))
+    generative_outputs = module.generative(**module._get_generative_input(tensors, inference_outputs))
+    hook.remove()
+    stacked = captured[0].view(2, N_OBS, -1)  # terms (expert 0, expert 1) decoding modality 1
+    # the cross-modal term decodes with the same private sample as the same-modality term
+    torch.testing.assert_close(stacked[0, :, 3:], stacked[1, :, 3:])
+    assert torch.all(stacked[0, :, 3:] != 0)
+    reconstruction = module.reconstruction_per_term(tensors, inference_outputs["presence"], generative_outputs)
+    private_weight = module.encoders[1].private_head.linear.weight
+    cross = reconstruction[1][:, 0].sum()  # modality 1 decoded from expert 0
+    (grad,) = torch.autograd.grad(cross, private_weight, retain_graph=True, allow_unused=True)
+    assert grad is None or torch.all(grad == 0)  # the target's private encoder learns from its own term only
+    (grad_self,) = torch.autograd.grad(reconstruction[1][:, 1].sum(), private_weight, retain_graph=True)
+    assert grad_self.abs().sum() > 0
+    # the source's shared encoder still learns from the cross-modal term
+    assert _shared_head_grad(module, cross, expert=0).abs().sum() > 0
+    with pytest.raises(ValueError, match="cross_modal_private must be one of"):
+        _module("mmvae++", cross_modal_private="prior")
+
+
 @pytest.mark.parametrize(
     ("objective", "n_terms", "mixture"),
     [("mmvae++", 3, True), ("mmvae", 3, True), ("mopoe", 7, True), ("mvae", 4, False)],

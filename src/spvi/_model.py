@@ -84,6 +84,14 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         Learn a separate per-feature dispersion (Gaussian sd, NB inverse dispersion) for cross-modal
         reconstructions, which decode with the target's private block at 0 and so stand in for the
         marginal over that block. ``False`` uses one dispersion for both, as in the paper's reference code.
+    cross_modal_private
+        What a cross-modal term decodes the target with besides the source's ``z_shared``: ``"zero"``, the
+        target's private block at its prior mean 0 (the paper), or ``"posterior"``, a sample of the target's
+        own private posterior with its gradient cut. With ``"zero"`` the cross-modal terms also ask
+        ``z_shared`` to explain the target's private features, which with few samples and many private
+        features it does by memorising samples; ``"posterior"`` removes that incentive (see
+        ``benchmarks/README.md``). Prediction (:meth:`predict`) always sets an unobserved target's private
+        block to 0.
 
     Examples
     --------
@@ -112,6 +120,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         dropout_rate: float = 0.0,
         use_layer_norm: bool = False,
         marginal_dispersion: bool = True,
+        cross_modal_private: str = "zero",
     ):
         super().__init__(self._registered_mudata(mdata))
         self.mdata = mdata
@@ -151,6 +160,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             use_layer_norm=use_layer_norm,
             library_median=self._library_medians(),
             marginal_dispersion=marginal_dispersion,
+            cross_modal_private=cross_modal_private,
         )
         self._model_summary_string = (
             f"SPVI ({objective}): modalities {self.modalities} with likelihoods "

@@ -14,6 +14,9 @@ from spvi._likelihoods import LIKELIHOODS
 from spvi._nn import ModalityDecoder, ModalityEncoder
 from spvi._objectives import Objective, Term, make_objective
 
+#: choices of the target's private block in cross-modal terms (see :class:`SPVAE`)
+CROSS_MODAL_PRIVATE = ("zero", "posterior")
+
 
 def product_of_experts(qz: list[Normal], weights: torch.Tensor) -> Normal:
     """Product of Gaussian experts and the prior ``N(0, I)``.
@@ -81,6 +84,10 @@ class SPVAE(BaseModuleClass):
     marginal_dispersion
         Separate per-feature dispersion for cross-modal reconstructions (see
         :class:`spvi._likelihoods.LikelihoodHead`).
+    cross_modal_private
+        Private block of the target in cross-modal terms: ``"zero"`` (its prior mean, the paper) or
+        ``"posterior"`` (a sample of the target's own private posterior with its gradient cut, so that
+        ``z_shared`` is not rewarded for explaining the target's private variation).
     """
 
     def __init__(
@@ -101,8 +108,12 @@ class SPVAE(BaseModuleClass):
         use_layer_norm: bool = False,
         library_median: list[float] | None = None,
         marginal_dispersion: bool = True,
+        cross_modal_private: str = "zero",
     ):
         super().__init__()
+        if cross_modal_private not in CROSS_MODAL_PRIVATE:
+            raise ValueError(f"cross_modal_private must be one of {CROSS_MODAL_PRIVATE}, got {cross_modal_private!r}")
+        self.cross_modal_private = cross_modal_private
         self.modalities = list(modalities)
         self.n_modalities = len(self.modalities)
         self.n_shared = n_shared
@@ -247,9 +258,13 @@ class SPVAE(BaseModuleClass):
             for m in targets:
                 own_modality = experts[:, m : m + 1]
                 shared_input = z_shared.detach() if term.stop_gradient and term.experts == (m,) else z_shared
-                private_input = torch.where(own_modality, z_private[m], torch.zeros_like(z_private[m]))
+                if self.cross_modal_private == "posterior":
+                    private_input = torch.where(own_modality, z_private[m], z_private[m].detach())
+                    marginal[m].append(torch.zeros_like(own_modality))
+                else:
+                    private_input = torch.where(own_modality, z_private[m], torch.zeros_like(z_private[m]))
+                    marginal[m].append(~own_modality)
                 decoder_inputs[m].append(torch.cat([shared_input, private_input], dim=1))
-                marginal[m].append(~own_modality)
                 stacked_terms[m].append(t)
 
         params = []

@@ -1,0 +1,68 @@
+"""Smoke tests of the TCGA, CITE-seq and semi-supervised benchmark scripts (1-2 epochs, one seed).
+
+The scripts run in this process (their ``main`` with a patched ``sys.argv``) so that the heavy imports are paid
+once; each writes its CSV, markdown summary and figure into a temporary directory.
+"""
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+pytest.importorskip("mofapy2")
+
+
+def run_script(name: str, monkeypatch, tmp_path: Path, *extra: str) -> pd.DataFrame:
+    module = importlib.import_module(name)
+    output = tmp_path / f"{name}.csv"
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--smoke", "--output", str(output), *extra])
+    module.main()
+    assert (tmp_path / f"{name}_summary.md").read_text().startswith("# ")
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    return pd.read_csv(output)
+
+
+def test_tcga_smoke(monkeypatch, tmp_path, tcga_path):
+    table = run_script("tcga", monkeypatch, tmp_path, "--data", str(tcga_path))
+    expected = {"method", "objective", "seed", "source", "target", "r2", "auc_subtype", "train_seconds"}
+    assert expected <= set(table.columns)
+    assert set(table["method"]) == {"spvi", "mofa+", "mofa+ refit", "ridge", "cca"}
+    assert set(table.loc[table["method"] == "spvi", "objective"]) == {"mmvae++", "mmvae", "mopoe", "mvae"}
+    # every ordered pair of the three modalities plus rna+mirna -> protein, for every method
+    assert table.groupby(["method", "objective"], dropna=False).size().eq(7).all()
+    assert np.isfinite(table["r2"]).all()
+    with_latent = table["method"].isin(["spvi", "mofa+", "mofa+ refit"])
+    assert table.loc[with_latent, "auc_subtype"].between(0, 1).all()
+    spvi_rows = table[table["method"] == "spvi"]
+    assert (spvi_rows["n_partial"] == 70).all()
+    assert spvi_rows["partial_embedding_finite"].astype(bool).all()
+    assert spvi_rows["partial_protein_finite"].astype(bool).all()
+
+
+def test_cite_seq_smoke(monkeypatch, tmp_path, cite_path):
+    table = run_script("cite_seq", monkeypatch, tmp_path, "--data", str(cite_path), "--objectives", "mmvae++", "mvae")
+    expected = {"method", "objective", "seed", "embedding", "knn_accuracy", "silhouette", "protein_pearson"}
+    assert expected <= set(table.columns)
+    embeddings = table[table["knn_accuracy"].notna()]
+    assert set(embeddings["embedding"]) == {"z_shared", "private_rna", "private_protein", "totalvi latent"}
+    assert embeddings["knn_accuracy"].between(0, 1).all()
+    assert embeddings["silhouette"].between(-1, 1).all()
+    predictions = table[table["protein_pearson"].notna()]
+    assert set(predictions["method"]) == {"spvi", "totalvi", "ridge"}
+    assert predictions["protein_pearson"].between(-1, 1).all()
+    assert len(predictions) == 2 + 2 + 1  # two objectives, two TOTALVI variants, ridge
+
+
+def test_semi_supervised_smoke(monkeypatch, tmp_path, cll_path):
+    table = run_script("semi_supervised", monkeypatch, tmp_path, "--data", str(cll_path))
+    columns = ["auc_zshared_lr", "auc_label_head", "auc_supervised"]
+    assert {"objective", "seed", "label_fraction", "n_labelled", *columns} <= set(table.columns)
+    assert table["label_fraction"].tolist() == [0.1, 0.5, 1.0]
+    assert table["n_labelled"].is_monotonic_increasing
+    assert table[columns].apply(lambda c: c.between(0, 1)).all().all()
