@@ -66,3 +66,25 @@ def test_semi_supervised_smoke(monkeypatch, tmp_path, cll_path):
     assert table["label_fraction"].tolist() == [0.1, 0.5, 1.0]
     assert table["n_labelled"].is_monotonic_increasing
     assert table[columns].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_paper_r2_smoke(monkeypatch, tmp_path):
+    module = importlib.import_module("paper_r2")
+    output = tmp_path / "paper_r2_synthetic.csv"
+    arguments = ["synthetic", "--n-obs", "150", "--n-other", "20", "--seeds", "0", "--epochs", "2"]
+    arguments += ["--objectives", "mmvae++", "mvae", "--early-stopping", "--baselines", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", ["paper_r2.py", *arguments])
+    module.main()
+    table = pd.read_csv(output)
+    assert set(table["method"]) == {"spvi", "mofa+", "ridge", "cca"}
+    # two directions for each of the two objectives and the three baselines
+    assert len(table) == 2 * 5
+    assert np.isfinite(table["r2_shared"]).all()
+    spvi_rows = table[table["method"] == "spvi"]
+    recovery = [c for c in table if c.startswith("r2_true_")]
+    assert len(recovery) == 9  # 3 true blocks x 3 learned blocks
+    assert np.isfinite(spvi_rows[recovery].to_numpy()).all()
+    assert spvi_rows["auc_shared"].between(0, 1).all()
+    # a second run appends to the same file
+    module.main()
+    assert len(pd.read_csv(output)) == 2 * len(table)
