@@ -94,6 +94,25 @@ def test_count_likelihoods_on_cite_mosaic(cite, rna_likelihood, protein_likeliho
     _assert_unchanged(cite, before)
 
 
+@pytest.mark.parametrize("encode_covariates", [False, True])
+def test_batch_enters_the_encoders_only_with_encode_covariates(cite, encode_covariates):
+    spvi.SPVI.setup_mudata(
+        cite, modalities=["rna", "protein"], layers={"rna": "counts", "protein": "counts"}, batch_key="batch"
+    )
+    scvi.settings.seed = 0
+    model = _train(spvi.SPVI(cite, n_shared=4, n_private=2, encode_covariates=encode_covariates), epochs=2)
+    z = model.get_latent_representation()
+    # relabel every cell's batch (same categories, permuted): the embedding changes only if encoders see the batch
+    relabelled = cite.copy()
+    categories = sorted(cite.obs["batch"].unique())
+    relabelled.obs["batch"] = cite.obs["batch"].map(dict(zip(categories, categories[1:] + categories[:1], strict=True)))
+    z_relabelled = model.get_latent_representation(relabelled)
+    assert np.allclose(z, z_relabelled) is not encode_covariates
+    n_genes = cite["rna"].n_vars
+    first_layer = model.module.encoders[0].trunk.fc_layers[0][0]
+    assert first_layer.in_features == n_genes + (4 if encode_covariates else 0)
+
+
 def test_predict_library_size(cite):
     spvi.SPVI.setup_mudata(cite, modalities=["rna", "protein"], layers={"rna": "counts", "protein": "counts"})
     model = _train(spvi.SPVI(cite, n_shared=4, n_private=2), epochs=1)

@@ -121,6 +121,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         use_layer_norm: bool = False,
         marginal_dispersion: bool = True,
         cross_modal_private: str = "zero",
+        encode_covariates: bool = False,
     ):
         super().__init__(self._registered_mudata(mdata))
         self.mdata = mdata
@@ -161,6 +162,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             library_median=self._library_medians(),
             marginal_dispersion=marginal_dispersion,
             cross_modal_private=cross_modal_private,
+            encode_covariates=encode_covariates,
         )
         self._model_summary_string = (
             f"SPVI ({objective}): modalities {self.modalities} with likelihoods "

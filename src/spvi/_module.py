@@ -88,6 +88,8 @@ class SPVAE(BaseModuleClass):
         Private block of the target in cross-modal terms: ``"zero"`` (its prior mean, the paper) or
         ``"posterior"`` (a sample of the target's own private posterior with its gradient cut, so that
         ``z_shared`` is not rewarded for explaining the target's private variation).
+    encode_covariates
+        Also feed the batch and categorical covariates to the encoders (they always reach the decoders).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class SPVAE(BaseModuleClass):
         library_median: list[float] | None = None,
         marginal_dispersion: bool = True,
         cross_modal_private: str = "zero",
+        encode_covariates: bool = False,
     ):
         super().__init__()
         if cross_modal_private not in CROSS_MODAL_PRIVATE:
@@ -131,8 +134,10 @@ class SPVAE(BaseModuleClass):
             "dropout_rate": dropout_rate,
             "use_layer_norm": use_layer_norm,
         }
+        self.encode_covariates = encode_covariates
+        encoder_kwargs = layer_kwargs | {"n_cat_list": n_cat_list if encode_covariates else []}
         self.encoders = nn.ModuleList(
-            ModalityEncoder(n_input[m], n_shared, self.n_private[m], **layer_kwargs) for m in range(self.n_modalities)
+            ModalityEncoder(n_input[m], n_shared, self.n_private[m], **encoder_kwargs) for m in range(self.n_modalities)
         )
         self.decoders = nn.ModuleList(
             ModalityDecoder(
@@ -168,7 +173,7 @@ class SPVAE(BaseModuleClass):
         qz_shared, qz_private = [], []
         for m, encoder in enumerate(self.encoders):
             encoder_input = self.decoders[m].likelihood.encoder_input(x[m])
-            q_shared, q_private = encoder(encoder_input, *categorical)
+            q_shared, q_private = encoder(encoder_input, *(categorical if self.encode_covariates else []))
             qz_shared.append(q_shared)
             qz_private.append(q_private)
         return {"qz_shared": qz_shared, "qz_private": qz_private, "presence": presence}
