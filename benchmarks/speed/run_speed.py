@@ -152,11 +152,16 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=list(spvi.OBJECTIVES))
     parser.add_argument("--datasets", nargs="+", default=["rna_atac", "rna_protein"])
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     md.set_options(pull_on_update=False)
     torch.set_float32_matmul_precision("highest")
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}"
+    if args.device == "cpu":
+        device_name += f", {torch.get_num_threads()} torch thread(s)"
     peak = peak_matmul_flops(args.device)
     print(f"device {device_name}: peak float32 matmul {peak / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
