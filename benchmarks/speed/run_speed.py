@@ -111,6 +111,14 @@ def reference_model(mdata: md.MuData, dataset: str):
 def time_model(model, device: str, epochs: int, precision: str, batch_size: int, load_sparse_tensor: bool) -> dict:
     timer = EpochTimer()
     accelerator = "gpu" if device == "cuda" else "cpu"
+    # spvi and TOTALVI take load_sparse_tensor as a train() argument (default False); MULTIVI's train() would hand
+    # it to the Lightning Trainer, so it goes through MULTIVI's data splitter arguments
+    sparse_kwargs = {}
+    if load_sparse_tensor:
+        if isinstance(model, scvi.model.MULTIVI):
+            sparse_kwargs = {"datasplitter_kwargs": {"load_sparse_tensor": True}}
+        else:
+            sparse_kwargs = {"load_sparse_tensor": True}
     model.train(
         max_epochs=epochs,
         batch_size=batch_size,
@@ -123,7 +131,7 @@ def time_model(model, device: str, epochs: int, precision: str, batch_size: int,
         enable_progress_bar=False,
         enable_model_summary=False,
         precision=precision,
-        load_sparse_tensor=load_sparse_tensor,
+        **sparse_kwargs,
     )
     seconds = timer.seconds[-1]
     n_cells = model.adata.n_obs
