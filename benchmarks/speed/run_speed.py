@@ -111,11 +111,11 @@ def reference_model(mdata: md.MuData, dataset: str):
 def time_model(model, device: str, epochs: int, precision: str, batch_size: int, load_sparse_tensor: bool) -> dict:
     timer = EpochTimer()
     accelerator = "gpu" if device == "cuda" else "cpu"
-    # spvi and TOTALVI take load_sparse_tensor as a train() argument (default False); MULTIVI's train() would hand
-    # it to the Lightning Trainer, so it goes through MULTIVI's data splitter arguments
+    # spvi takes load_sparse_tensor as a train() argument; MULTIVI's and TOTALVI's train() would hand it to the
+    # Lightning Trainer, so for them it goes through their data splitter arguments
     sparse_kwargs = {}
     if load_sparse_tensor:
-        if isinstance(model, scvi.model.MULTIVI):
+        if isinstance(model, scvi.model.MULTIVI | scvi.model.TOTALVI):
             sparse_kwargs = {"datasplitter_kwargs": {"load_sparse_tensor": True}}
         else:
             sparse_kwargs = {"load_sparse_tensor": True}
