@@ -7,7 +7,12 @@ cd "$(dirname "$0")"
 PYTHON="${PYTHON:-../../.venv/bin/python}"
 DEVICE="${1:-$("$PYTHON" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}"
 export PYTHONWARNINGS=ignore
-"$PYTHON" run_speed.py --device "$DEVICE" --n-cells 20000 --epochs 2 --output "results/speed_${DEVICE}_fp32_b128.csv"
+if [ "$DEVICE" = cpu ]; then
+  # one torch thread: the CPU-time columns stay comparable on a shared machine (no thread oversubscription)
+  "$PYTHON" run_speed.py --device cpu --threads 1 --n-cells 20000 --epochs 2 --output results/speed_cpu_fp32_b128_1thread.csv
+else
+  "$PYTHON" run_speed.py --device cuda --n-cells 20000 --epochs 2 --output results/speed_cuda_fp32_b128.csv
+fi
 if [ "$DEVICE" = cuda ]; then
   "$PYTHON" run_speed.py --device cuda --n-cells 20000 --epochs 2 --batch-size 1024 \
     --output results/speed_cuda_fp32_b1024.csv
