@@ -2,7 +2,8 @@
 # The paper's experiments: cross-modal R² of shared features for the four objectives and the baselines
 # (MOFA+, ridge, PCA-CCA) on synthetic GP data and on CLL, with early stopping on a validation fifth of the
 # training samples. Run from the repository root after `bash scripts/setup.sh`:
-#   bash benchmarks/run_paper_r2.sh [synthetic|cll|all]    (CPU; runtimes in benchmarks/README.md)
+#   bash benchmarks/run_paper_r2.sh [synthetic|cll|variants|all]    (CPU; runtimes in benchmarks/README.md)
+# "variants": the model variants of the README table (latent 10+10+10, 8+2+2, cross_modal_private="posterior").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -21,5 +22,17 @@ if [ "$WHAT" = cll ] || [ "$WHAT" = all ]; then
     $PY benchmarks/paper_r2.py cll --n-other $n_other --seeds 0 1 2 3 4 --epochs 1500 "${COMMON[@]}"
   done
   $PY benchmarks/paper_r2.py cll --n-other all --seeds 0 1 2 --epochs 1500 "${COMMON[@]}"
+fi
+if [ "$WHAT" = variants ] || [ "$WHAT" = all ]; then
+  R=benchmarks/results
+  rm -f $R/paper_r2_synthetic_variants.csv $R/paper_r2_cll_variants.csv
+  for dataset in synthetic cll; do
+    if [ $dataset = synthetic ]; then ARGS=(--n-other 250 --epochs 300); else ARGS=(--n-other 1000 --epochs 1500); fi
+    OUT=(--early-stopping --output $R/paper_r2_${dataset}_variants.csv)
+    $PY benchmarks/paper_r2.py $dataset "${ARGS[@]}" "${OUT[@]}" --seeds 0 1 2 3 4 --n-shared 10 --n-private 10
+    $PY benchmarks/paper_r2.py $dataset "${ARGS[@]}" "${OUT[@]}" --seeds 0 1 2 --n-shared 8 --objectives mmvae++ mmvae
+    $PY benchmarks/paper_r2.py $dataset "${ARGS[@]}" "${OUT[@]}" --seeds 0 1 2 --cross-modal-private posterior \
+      --objectives mmvae++
+  done
 fi
 [ -f benchmarks/results/paper_r2_synthetic.csv ] && [ -f benchmarks/results/paper_r2_cll.csv ] && $PY benchmarks/summarize_paper_r2.py || true
