@@ -99,22 +99,39 @@ def main() -> None:
         + "\n".join(sections)
     )
     (RESULTS / "paper_r2_summary.md").write_text(text)
-    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), constrained_layout=True, squeeze=False)
+    labels = _order(pd.concat([runs["label"] for runs in tables.values()]))
+    palette = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    colours = dict(zip(labels, palette, strict=False))
+    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables) + 3.5, 4.2), squeeze=False)
     for ax, (dataset, runs) in zip(axes[0], tables.items(), strict=True):
         order = _n_other_order(runs["n_other"])
-        for label in _order(runs["label"]):
+        present = [label for label in labels if label in set(runs["label"])]
+        for i, label in enumerate(present):
             stats = runs[runs["label"] == label].groupby("n_other")["r2_shared"].agg(["mean", "std"]).reindex(order)
+            offset = (i - (len(present) - 1) / 2) * 0.025  # side by side where methods share a setting
             style = "-o" if label.startswith("spvi") else "--s"
-            ax.errorbar(range(len(order)), stats["mean"], yerr=stats["std"], fmt=style, capsize=3, label=label)
+            ax.errorbar(
+                [x + offset for x in range(len(order))],
+                stats["mean"],
+                yerr=stats["std"],
+                fmt=style,
+                capsize=2,
+                color=colours[label],
+                label=label,
+                markersize=4,
+            )
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(
             xticks=range(len(order)),
             xticklabels=order,
             xlabel="other (private) features per modality",
-            ylabel="cross-modal R² of shared features",
+            ylabel="held-out cross-modal R² of shared features",
             title=DATASETS[dataset],
         )
-    axes[0, -1].legend(fontsize=8, loc="best")
+        ax.set_xlim(-0.5, len(order) - 0.5)
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    fig.legend([handles[label] for label in labels], labels, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 3.4 / (5 * len(tables) + 3.5), 1))
     fig.savefig(RESULTS / "paper_r2.png", dpi=120)
     print(text)
 
