@@ -114,7 +114,13 @@ def evaluate(args, objective: str, seed: int, fraction: float, mdata, train, tes
         train_data, modalities=MODALITIES, likelihoods=dict.fromkeys(MODALITIES, "gaussian"), labels_key="label_given"
     )
     scvi.settings.seed = seed
-    model = spvi.SPVI(train_data, n_shared=args.n_shared, n_private=args.n_private, objective=objective)
+    model = spvi.SPVI(
+        train_data,
+        n_shared=args.n_shared,
+        n_private=args.n_private,
+        objective=objective,
+        label_weight=args.label_weight,
+    )
     start = time.perf_counter()
     model.train(
         max_epochs=args.epochs, batch_size=128, train_size=1.0, enable_progress_bar=False, enable_model_summary=False
@@ -134,6 +140,7 @@ def evaluate(args, objective: str, seed: int, fraction: float, mdata, train, tes
         "n_test": len(test),
         "n_other": args.n_other,
         "epochs": args.epochs,
+        "label_weight": args.label_weight,
         "auc_zshared_lr": label_auc(
             z_train[is_labelled], train_data.obs["label"].to_numpy()[is_labelled], z_test, y_test
         ),
@@ -157,6 +164,9 @@ def main() -> None:
     parser.add_argument("--n-other", type=int, default=1000, help="least IGHV-associated features per modality")
     parser.add_argument("--n-shared", type=int, default=2)
     parser.add_argument("--n-private", type=int, default=2)
+    parser.add_argument(
+        "--label-weight", type=float, default=100.0, help="weight of the label term (100 in the paper's reference code)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "cll_mofa.h5mu")
     parser.add_argument("--output", type=Path, default=RESULTS / "semi_supervised.csv")
