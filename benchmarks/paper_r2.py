@@ -103,14 +103,12 @@ def train_spvi(args: argparse.Namespace, objective: str, seed: int, train_data: 
 def latent_recovery(mdata: md.MuData, blocks: dict[str, tuple[np.ndarray, np.ndarray]], train, test) -> dict:
     """Held-out R² of each true latent block from each learned block (synthetic data only), mean over factors."""
     truths = {"shared": "true_z_shared", **{f"private_{m}": f"true_z_private_{m}" for m in mdata.mod}}
-    rows = mdata.obs_names
+    train_rows, test_rows = mdata.obs_names.get_indexer(train), mdata.obs_names.get_indexer(test)
     out = {}
     for learned, (z_train, z_test) in blocks.items():
         for truth, key in truths.items():
             true_z = mdata.obsm[key]
-            r2 = spvi.metrics.latent_recovery_r2(
-                z_train, true_z[rows.get_indexer(train)], z_test, true_z[rows.get_indexer(test)]
-            )
+            r2 = spvi.metrics.latent_recovery_r2(z_train, true_z[train_rows], z_test, true_z[test_rows])
             out[f"r2_true_{truth}_from_{learned}"] = float(np.mean(r2))
     return out
 
@@ -204,20 +202,9 @@ def baseline_rows(args: argparse.Namespace, seed: int, mdata, train, test) -> li
             for method, predict in (("ridge", ridge_predict), ("cca", cca_predict)):
                 start = time.perf_counter()
                 prediction = predict(train_views[s], train_views[t], test_views[s])
+                timing = {"train_seconds": time.perf_counter() - start}
                 r2 = pd.Series(r2_per_feature(test_views[t], prediction), index=columns)
-                rows.append(
-                    _row(
-                        args,
-                        method,
-                        "",
-                        seed,
-                        mdata,
-                        source,
-                        target,
-                        r2,
-                        {"train_seconds": time.perf_counter() - start},
-                    )
-                )
+                rows.append(_row(args, method, "", seed, mdata, source, target, r2, timing))
     return rows
 
 

@@ -51,7 +51,7 @@ def recovery_table(runs: pd.DataFrame) -> pd.DataFrame:
         {c.split("_from_")[0].removeprefix("r2_true_") for c in runs if c.startswith("r2_true_private")}
     )
     spvi_runs["leak"] = spvi_runs[[f"r2_true_{t}_from_shared" for t in private_truths]].mean(axis=1)
-    spvi_runs["private"] = pd.concat([spvi_runs[f"r2_true_{t}_from_{t}"] for t in private_truths], axis=1).mean(axis=1)
+    spvi_runs["private"] = spvi_runs[[f"r2_true_{t}_from_{t}" for t in private_truths]].mean(axis=1)
     rows = []
     for (label, n_other), group in spvi_runs.groupby(["label", "n_other"]):
         rows.append(
