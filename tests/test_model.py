@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import scvi
+import torch
 
 import spvi
 
@@ -263,3 +264,36 @@ def test_cells_without_any_modality_are_rejected(cll_path):
     mdata = md.read_h5mu(cll_path)
     with pytest.raises(ValueError, match="3 cells have none of the modalities"):
         spvi.SPVI.setup_mudata(mdata, modalities=["rna", "meth"])
+
+
+def test_keep_best_restores_the_epoch_with_the_best_cross_modal_nll(cll_small):
+    spvi.SPVI.setup_mudata(cll_small)
+    scvi.settings.seed = 0
+    model = spvi.SPVI(cll_small, n_shared=2, n_private=2)
+    model.train(
+        max_epochs=40,
+        lr=1e-2,
+        train_size=0.8,
+        early_stopping_monitor="cross_modal_nll_validation",
+        keep_best=True,
+        **TRAIN_KWARGS,
+    )
+    history = model.history["cross_modal_nll_validation"]["cross_modal_nll_validation"].to_numpy(dtype=float)
+    assert len(history) == 40 and np.isfinite(history).all()
+    assert history.argmin() < len(history) - 1  # at lr 1e-2 the held-out cross-modal fit gets worse again
+
+    validation = np.sort(model.validation_indices)
+    assert len(validation) <= 128  # one validation minibatch: its mean is the logged epoch value
+    (tensors,) = model._minibatches(None, validation, 128)
+    with torch.no_grad():
+        inference_outputs = model.module.inference(**model.module._get_inference_input(tensors))
+        per_cell = model.module.cross_modal_nll(tensors, inference_outputs).numpy()
+    assert per_cell.mean() == pytest.approx(history.min(), rel=1e-4)  # the best epoch's parameters are back
+    n_modalities = tensors["presence"].sum(dim=1).numpy()
+    assert (per_cell[n_modalities == 1] == 0).all() and (per_cell[n_modalities > 1] > 0).all()
+
+
+def test_keep_best_needs_a_validation_set(cll_small):
+    spvi.SPVI.setup_mudata(cll_small)
+    with pytest.raises(ValueError, match="keep_best needs a validation set"):
+        spvi.SPVI(cll_small).train(max_epochs=1, train_size=1.0, keep_best=True, **TRAIN_KWARGS)

@@ -33,7 +33,7 @@ from spvi._data import build_registered_mudata, check_setup_arguments, row_sums
 from spvi._likelihoods import LIKELIHOODS
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
-from spvi._trainingplan import SPVITrainingPlan
+from spvi._trainingplan import RestoreBestState, SPVITrainingPlan
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +331,8 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         train_size: float = 0.9,
         validation_size: float | None = None,
         early_stopping: bool = False,
+        early_stopping_monitor: str = "elbo_validation",
+        keep_best: bool = False,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict | None = None,
@@ -359,8 +361,17 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         validation_size
             Fraction of cells for validation.
         early_stopping
-            Stop when the validation ELBO stops improving (see ``early_stopping_patience`` etc. in
+            Stop when ``early_stopping_monitor`` stops improving (see ``early_stopping_patience`` etc. in
             ``trainer_kwargs``).
+        early_stopping_monitor
+            Validation metric for ``early_stopping`` and ``keep_best``: ``"elbo_validation"`` (the training
+            objective) or ``"cross_modal_nll_validation"``, the negative log-likelihood of each modality
+            predicted from the other modalities' ``z_shared`` (what :meth:`predict` does; the same for every
+            objective). The second stops when ``z_shared`` stops generalising across modalities, which can
+            happen while the ELBO still improves (see ``benchmarks/README.md``).
+        keep_best
+            At the end of training, load the parameters of the epoch with the best ``early_stopping_monitor``
+            instead of keeping the last epoch's. Needs a validation set (``train_size < 1``).
         accelerator, devices
             Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``) and devices.
         plan_kwargs
@@ -393,12 +404,21 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             "max_kl_weight": max_kl_weight,
             **(plan_kwargs or {}),
         }
+        if keep_best:
+            if train_size >= 1.0 and not validation_size:
+                raise ValueError("keep_best needs a validation set: set train_size < 1 or validation_size")
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+            trainer_kwargs["callbacks"] = [
+                *trainer_kwargs.get("callbacks", []),
+                RestoreBestState(early_stopping_monitor),
+            ]
         return super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
             train_size=train_size,
             validation_size=validation_size,
             early_stopping=early_stopping,
+            early_stopping_monitor=early_stopping_monitor,
             accelerator=accelerator,
             devices=devices,
             plan_kwargs=plan_kwargs,

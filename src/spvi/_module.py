@@ -317,6 +317,9 @@ class SPVAE(BaseModuleClass):
         loss = (weights * term_loss).sum(dim=1).mean()
         if not torch.isfinite(loss):
             self._raise_non_finite(reconstruction, kl, extra_metrics)
+        if not self.training:
+            # validation (and evaluation) only: "cross_modal_nll_validation" in model.history, for early stopping
+            extra_metrics["cross_modal_nll"] = self.cross_modal_nll(tensors, inference_outputs).mean()
         # each modality's reconstruction term per epoch in model.history ("reconstruction_<modality>_train")
         for m, name in enumerate(self.modalities):
             extra_metrics[f"reconstruction_{name}"] = (weights * reconstruction[m]).sum(dim=1).mean().detach()
@@ -355,16 +358,57 @@ class SPVAE(BaseModuleClass):
             params = generative_outputs["params"][m]
             if params is not None:
                 terms = generative_outputs["stacked_terms"][m]
-                x, likelihood = tensors[data_key(name)], self.decoders[m].likelihood
                 # parameters (n_terms * n, features) viewed as (n_terms, n, features) broadcast against x
                 per_sample = {key: value.view(len(terms), n_obs, -1) for key, value in params.items()}
-                log_lik = likelihood.log_kernel(x, per_sample).sum(dim=-1).T  # (n, n_terms)
-                base_measure = likelihood.log_base_measure(x)  # the same for every term: computed once
-                if base_measure is not None:
-                    log_lik = log_lik + base_measure.sum(dim=-1, keepdim=True)
+                log_lik = self._log_likelihood(m, tensors[data_key(name)], per_sample).T  # (n, n_terms)
                 per_term[:, terms] = torch.where(presence[:, m : m + 1], -log_lik, torch.zeros_like(log_lik))
             reconstruction.append(per_term)
         return reconstruction
+
+    def _log_likelihood(self, m: int, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``log p(x_m | params)`` summed over features; ``params`` may have leading axes (one per term)."""
+        likelihood = self.decoders[m].likelihood
+        log_lik = likelihood.log_kernel(x, params).sum(dim=-1)
+        base_measure = likelihood.log_base_measure(x)  # does not depend on the parameters: computed once
+        if base_measure is not None:
+            log_lik = log_lik + base_measure.sum(dim=-1)
+        return log_lik
+
+    def cross_modal_nll(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> torch.Tensor:
+        """``(n,)`` negative log-likelihood of each cell's modalities predicted from the other modalities.
+
+        For every observed target modality and every other observed source modality:
+        ``-log p(x_target | z)`` with ``z_shared`` the posterior mean from the source alone and the target's
+        private block at its prior mean 0 (what :meth:`predict_target` uses), averaged over the sources and
+        summed over the targets; 0 for cells with a single modality. The same for every objective, so it
+        measures what ``z_shared`` carries across modalities, not the training objective.
+        """
+        presence = inference_outputs["presence"]
+        generative_input = self._get_generative_input(tensors, inference_outputs)
+        total = torch.zeros(presence.shape[0], device=presence.device)
+        for m, name in enumerate(self.modalities):
+            nll_sum, n_sources = torch.zeros_like(total), torch.zeros_like(total)
+            for j in range(self.n_modalities):
+                pair = presence[:, j] & presence[:, m]
+                if j == m or not pair.any():
+                    continue
+                source_only = torch.zeros_like(presence)
+                source_only[:, j] = True
+                z_shared = torch.nan_to_num(
+                    self.shared_posterior_mean(inference_outputs["qz_shared"], presence & source_only)
+                )
+                z_private = torch.zeros(presence.shape[0], self.n_private[m], device=presence.device)
+                params = self.decoders[m](
+                    torch.cat([z_shared, z_private], dim=1),
+                    generative_input["library"][m],
+                    torch.ones_like(pair).unsqueeze(1),
+                    *generative_input["categorical"],
+                )
+                nll = -self._log_likelihood(m, tensors[data_key(name)], params)
+                nll_sum = nll_sum + torch.where(pair, nll, torch.zeros_like(nll))
+                n_sources = n_sources + pair.to(total.dtype)
+            total = total + nll_sum / n_sources.clamp(min=1.0)
+        return total
 
     def _label_loss(self, labels: torch.Tensor, z_shared: list[torch.Tensor]) -> torch.Tensor:
         """``(n, T)`` cross-entropy of the label decoded from each term's ``z_shared``; 0 for unlabelled cells."""

@@ -1,8 +1,9 @@
-"""The Lightning training plan of spvi: scvi-tools' plan with metrics logged in a DDP-safe way."""
+"""The Lightning training plan of spvi (scvi-tools' plan, DDP-safe logging) and its best-state callback."""
 
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
 
@@ -21,3 +22,42 @@ class SPVITrainingPlan(TrainingPlan):
         """Log the ELBO metrics and the module's extra metrics (see :class:`scvi.train.TrainingPlan`)."""
         with torch.no_grad():
             TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
+
+
+class RestoreBestState(Callback):
+    """Keep the module's parameters from the epoch with the best validation metric and load them at the end.
+
+    Parameters
+    ----------
+    monitor
+        Name of a metric logged in validation, e.g. ``"elbo_validation"`` or ``"cross_modal_nll_validation"``.
+    mode
+        ``"min"``: lower is better; ``"max"``: higher is better.
+    """
+
+    def __init__(self, monitor: str, mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode = monitor, mode
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Copy the module's parameters when the monitored metric improved."""
+        if trainer.sanity_checking:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            raise ValueError(
+                f"cannot keep the best state: {self.monitor!r} is not logged in validation; logged metrics: "
+                f"{sorted(trainer.callback_metrics)}"
+            )
+        score = float(trainer.callback_metrics[self.monitor])
+        if self.best_score is None or (score < self.best_score if self.mode == "min" else score > self.best_score):
+            self.best_score, self.best_epoch = score, trainer.current_epoch
+            self._best_state = {key: value.detach().clone() for key, value in pl_module.module.state_dict().items()}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Load the best parameters."""
+        if self._best_state is not None:
+            pl_module.module.load_state_dict(self._best_state)
