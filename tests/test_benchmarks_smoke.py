@@ -85,6 +85,12 @@ def test_paper_r2_smoke(monkeypatch, tmp_path):
     assert len(recovery) == 9  # 3 true blocks x 3 learned blocks
     assert np.isfinite(spvi_rows[recovery].to_numpy()).all()
     assert spvi_rows["auc_shared"].between(0, 1).all()
-    # a second run appends to the same file
+    assert (spvi_rows["variant"].fillna("") == "").all()
+    # a second run, a model and training variant, appends to the same file and is named in "variant"
+    variant = ["--stop-on", "cross-modal", "--keep-best", "--cross-modal-private", "posterior"]
+    without_baselines = [a for a in arguments if a != "--baselines"]
+    monkeypatch.setattr(sys, "argv", ["paper_r2.py", *without_baselines, *variant])
     module.main()
-    assert len(pd.read_csv(output)) == 2 * len(table)
+    second = pd.read_csv(output).iloc[len(table) :]
+    assert len(second) == 2 * 2
+    assert set(second["variant"]) == {"stop on cross-modal NLL, best epoch, cross_modal_private=posterior"}
