@@ -279,7 +279,8 @@ def test_keep_best_restores_the_epoch_with_the_best_cross_modal_nll(cll_small):
         **TRAIN_KWARGS,
     )
     history = model.history["cross_modal_nll_validation"]["cross_modal_nll_validation"].to_numpy(dtype=float)
-    assert len(history) == 40 and np.isfinite(history).all()
+    assert len(history) == 40
+    assert np.isfinite(history).all()
     assert history.argmin() < len(history) - 1  # at lr 1e-2 the held-out cross-modal fit gets worse again
 
     validation = np.sort(model.validation_indices)
@@ -290,7 +291,9 @@ def test_keep_best_restores_the_epoch_with_the_best_cross_modal_nll(cll_small):
         per_cell = model.module.cross_modal_nll(tensors, inference_outputs).numpy()
     assert per_cell.mean() == pytest.approx(history.min(), rel=1e-4)  # the best epoch's parameters are back
     n_modalities = tensors["presence"].sum(dim=1).numpy()
-    assert (per_cell[n_modalities == 1] == 0).all() and (per_cell[n_modalities > 1] > 0).all()
+    assert (n_modalities == 1).any()
+    assert (per_cell[n_modalities == 1] == 0).all()  # nothing to predict from
+    assert (per_cell[n_modalities > 1] != 0).all()
 
 
 def test_keep_best_needs_a_validation_set(cll_small):
