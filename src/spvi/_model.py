@@ -89,8 +89,9 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         target's private block at its prior mean 0 (the paper), or ``"posterior"``, a sample of the target's
         own private posterior with its gradient cut. With ``"zero"`` the cross-modal terms also ask
         ``z_shared`` to explain the target's private features, which with few samples and many private
-        features it does by memorising samples; ``"posterior"`` removes that incentive (see
-        ``benchmarks/README.md``). Prediction (:meth:`predict`) always sets an unobserved target's private
+        features it does by memorising samples; ``"posterior"`` removes that incentive. Measured: it helps
+        when private features outnumber shared ones about ten to one or more and costs a little otherwise (see
+        the "model explained" docs and ``benchmarks/README.md``). Prediction (:meth:`predict`) always sets an unobserved target's private
         block to 0.
 
     Examples
