@@ -91,8 +91,8 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         ``z_shared`` to explain the target's private features, which with few samples and many private
         features it does by memorising samples; ``"posterior"`` removes that incentive. Measured: it helps
         when private features outnumber shared ones about ten to one or more and costs a little otherwise (see
-        the "model explained" docs and ``benchmarks/README.md``). Prediction (:meth:`predict`) always sets an unobserved target's private
-        block to 0.
+        the "model explained" docs and ``benchmarks/README.md``). Prediction (:meth:`predict`) always sets an
+        unobserved target's private block to 0.
 
     Examples
     --------

@@ -318,7 +318,7 @@ class SPVAE(BaseModuleClass):
         if not torch.isfinite(loss):
             self._raise_non_finite(reconstruction, kl, extra_metrics)
         if not self.training:
-            # validation (and evaluation) only: "cross_modal_nll_validation" in model.history, for early stopping
+            # validation (and evaluation) only: "cross_modal_nll_validation" in model.history, a diagnostic
             extra_metrics["cross_modal_nll"] = self.cross_modal_nll(tensors, inference_outputs).mean()
         # each modality's reconstruction term per epoch in model.history ("reconstruction_<modality>_train")
         for m, name in enumerate(self.modalities):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from lightning.pytorch.callbacks import Callback
 from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
+
+logger = logging.getLogger(__name__)
 
 
 class SPVITrainingPlan(TrainingPlan):
@@ -25,20 +29,17 @@ class SPVITrainingPlan(TrainingPlan):
 
 
 class RestoreBestState(Callback):
-    """Keep the module's parameters from the epoch with the best validation metric and load them at the end.
+    """Keep the module's parameters from the epoch with the lowest validation metric and load them at the end.
 
     Parameters
     ----------
     monitor
-        Name of a metric logged in validation, e.g. ``"elbo_validation"`` or ``"cross_modal_nll_validation"``.
-    mode
-        ``"min"``: lower is better; ``"max"``: higher is better.
+        Name of a metric logged in validation where lower is better, e.g. ``"elbo_validation"`` (the negative
+        ELBO) or ``"cross_modal_nll_validation"``.
     """
 
-    def __init__(self, monitor: str, mode: str = "min"):
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        self.monitor, self.mode = monitor, mode
+    def __init__(self, monitor: str):
+        self.monitor = monitor
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
@@ -53,7 +54,7 @@ class RestoreBestState(Callback):
                 f"{sorted(trainer.callback_metrics)}"
             )
         score = float(trainer.callback_metrics[self.monitor])
-        if self.best_score is None or (score < self.best_score if self.mode == "min" else score > self.best_score):
+        if self.best_score is None or score < self.best_score:
             self.best_score, self.best_epoch = score, trainer.current_epoch
             self._best_state = {key: value.detach().clone() for key, value in pl_module.module.state_dict().items()}
 
@@ -61,3 +62,9 @@ class RestoreBestState(Callback):
         """Load the best parameters."""
         if self._best_state is not None:
             pl_module.module.load_state_dict(self._best_state)
+            logger.info(
+                "keep_best: loaded the parameters of epoch %d (%s = %.4g)",
+                self.best_epoch,
+                self.monitor,
+                self.best_score,
+            )
