@@ -385,30 +385,49 @@ class SPVAE(BaseModuleClass):
         """
         presence = inference_outputs["presence"]
         generative_input = self._get_generative_input(tensors, inference_outputs)
-        total = torch.zeros(presence.shape[0], device=presence.device)
-        for m, name in enumerate(self.modalities):
-            nll_sum, n_sources = torch.zeros_like(total), torch.zeros_like(total)
-            for j in range(self.n_modalities):
+        nll_sum = torch.zeros(presence.shape, device=presence.device)  # (n, M): summed over sources, per target
+        n_sources = torch.zeros_like(nll_sum)
+        for j in range(self.n_modalities):
+            observed_source = torch.zeros_like(presence)
+            observed_source[:, j] = presence[:, j]
+            if not observed_source.any():
+                continue
+            z_shared = self.shared_posterior_mean(inference_outputs["qz_shared"], observed_source)
+            for m, name in enumerate(self.modalities):
                 pair = presence[:, j] & presence[:, m]
-                if j == m or not pair.any():
+                if m == j or not pair.any():
                     continue
-                source_only = torch.zeros_like(presence)
-                source_only[:, j] = True
-                z_shared = torch.nan_to_num(
-                    self.shared_posterior_mean(inference_outputs["qz_shared"], presence & source_only)
-                )
-                z_private = torch.zeros(presence.shape[0], self.n_private[m], device=presence.device)
-                params = self.decoders[m](
-                    torch.cat([z_shared, z_private], dim=1),
+                params = self._decode_target(
+                    z_shared,
+                    inference_outputs,
+                    observed_source,
+                    m,
                     generative_input["library"][m],
-                    torch.ones_like(pair).unsqueeze(1),
-                    *generative_input["categorical"],
+                    generative_input["categorical"],
                 )
                 nll = -self._log_likelihood(m, tensors[data_key(name)], params)
-                nll_sum = nll_sum + torch.where(pair, nll, torch.zeros_like(nll))
-                n_sources = n_sources + pair.to(total.dtype)
-            total = total + nll_sum / n_sources.clamp(min=1.0)
-        return total
+                nll_sum[:, m] += torch.where(pair, nll, torch.zeros_like(nll))
+                n_sources[:, m] += pair.to(nll_sum.dtype)
+        return (nll_sum / n_sources.clamp(min=1.0)).sum(dim=1)
+
+    def _decode_target(
+        self,
+        z_shared: torch.Tensor,
+        inference_outputs: dict,
+        observed_sources: torch.Tensor,
+        target: int,
+        library: torch.Tensor,
+        categorical: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Likelihood parameters of modality ``target`` decoded from ``z_shared``.
+
+        The target's private block is its posterior mean where the target is among ``observed_sources``
+        (``(n, M)`` bool), otherwise its prior mean 0 with the cross-modal (marginal) dispersion.
+        """
+        private_mean = inference_outputs["qz_private"][target].loc
+        use_private = observed_sources[:, target : target + 1]
+        z_private = torch.where(use_private, private_mean, torch.zeros_like(private_mean))
+        return self.decoders[target](torch.cat([z_shared, z_private], dim=1), library, ~use_private, *categorical)
 
     def _label_loss(self, labels: torch.Tensor, z_shared: list[torch.Tensor]) -> torch.Tensor:
         """``(n, T)`` cross-entropy of the label decoded from each term's ``z_shared``; 0 for unlabelled cells."""
@@ -439,12 +458,10 @@ class SPVAE(BaseModuleClass):
         presence = inference_outputs["presence"]
         source_mask = torch.zeros_like(presence)
         source_mask[:, sources] = True
-        z_shared = self.shared_posterior_mean(inference_outputs["qz_shared"], presence & source_mask)
-        private_mean = inference_outputs["qz_private"][target].loc
-        use_private = (presence & source_mask)[:, target : target + 1]
-        z_private = torch.where(use_private, private_mean, torch.zeros_like(private_mean))
-        params = self.decoders[target](
-            torch.cat([z_shared, z_private], dim=1), library, ~use_private, *self._categorical(tensors)
+        observed_sources = presence & source_mask
+        z_shared = self.shared_posterior_mean(inference_outputs["qz_shared"], observed_sources)
+        params = self._decode_target(
+            z_shared, inference_outputs, observed_sources, target, library, self._categorical(tensors)
         )
         return self.decoders[target].likelihood.expected_value(params)
 
