@@ -205,3 +205,17 @@ def test_cross_modal_rows_use_the_marginal_dispersion():
     _, outputs = _reconstruction(paper, _tensors(paper))
     own, cross = outputs["params"][0]["scale"].view(2, N_OBS, -1)
     torch.testing.assert_close(own, cross)
+
+
+@pytest.mark.parametrize("objective", ["mmvae++", "mmvae", "mopoe", "mvae"])
+@pytest.mark.parametrize("cross_modal_private", ["zero", "posterior"])
+def test_every_parameter_is_trained(objective, cross_modal_private):
+    # a parameter that prediction or cross_modal_nll uses but no training term reaches stays at its random
+    # initial value: e.g. a marginal dispersion with cross_modal_private="posterior" or with MVAE
+    module = _module(objective, likelihoods=("gaussian", "nb"), cross_modal_private=cross_modal_private)
+    torch.manual_seed(3)
+    module(_tensors(module), compute_loss=True)[2].loss.backward()
+    untrained = [name for name, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert untrained == []
+    has_marginal = module.decoders[0].likelihood.raw_scale_marginal is not None
+    assert has_marginal == (cross_modal_private == "zero" and objective != "mvae")

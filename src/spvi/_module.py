@@ -83,7 +83,9 @@ class SPVAE(BaseModuleClass):
         Median library size per modality, used to predict counts of cells that lack the target modality.
     marginal_dispersion
         Separate per-feature dispersion for cross-modal reconstructions (see
-        :class:`spvi._likelihoods.LikelihoodHead`).
+        :class:`spvi._likelihoods.LikelihoodHead`). Only built where training uses it: with
+        ``cross_modal_private="zero"`` and an objective with cross-modal terms (not MVAE); otherwise prediction
+        and ``cross_modal_nll`` use the one trained dispersion.
     cross_modal_private
         Private block of the target in cross-modal terms: ``"zero"`` (its prior mean, the paper) or
         ``"posterior"`` (a sample of the target's own private posterior with its gradient cut, so that
@@ -139,10 +141,14 @@ class SPVAE(BaseModuleClass):
         self.encoders = nn.ModuleList(
             ModalityEncoder(n_input[m], n_shared, self.n_private[m], **encoder_kwargs) for m in range(self.n_modalities)
         )
+        # a marginal dispersion only where training rows use it: cross-modal terms with the private block at 0
+        self.marginal_dispersion = (
+            marginal_dispersion and cross_modal_private == "zero" and self.objective.decodes_across(self.n_modalities)
+        )
         self.decoders = nn.ModuleList(
             ModalityDecoder(
                 n_shared + self.n_private[m],
-                LIKELIHOODS[likelihoods[m]](n_hidden, n_input[m], marginal_dispersion),
+                LIKELIHOODS[likelihoods[m]](n_hidden, n_input[m], self.marginal_dispersion),
                 **layer_kwargs,
             )
             for m in range(self.n_modalities)

@@ -64,6 +64,20 @@ class Objective:
     mixture: bool
     posterior: tuple[Term, ...]
 
+    def decodes_across(self, n_modalities: int) -> bool:
+        """Whether some term decodes a target that is not one of its experts (a cross-modal term).
+
+        Only such rows decode a target with its private block at the prior mean, so only then is a separate
+        marginal dispersion trained. MVAE has none: its joint term takes every observed modality as expert.
+        """
+        for term in self.terms:
+            if term.experts is None:
+                continue
+            targets = range(n_modalities) if term.targets is None else term.targets
+            if any(m not in term.experts for m in targets):
+                return True
+        return False
+
 
 def _singletons(n_modalities: int, stop_gradient: bool) -> tuple[Term, ...]:
     return tuple(Term(experts=(j,), product=False, stop_gradient=stop_gradient) for j in range(n_modalities))
