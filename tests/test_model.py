@@ -303,3 +303,21 @@ def test_keep_best_needs_a_validation_set(cll_small):
     spvi.SPVI.setup_mudata(cll_small)
     with pytest.raises(ValueError, match="keep_best needs a validation set"):
         spvi.SPVI(cll_small).train(max_epochs=1, train_size=1.0, keep_best=True, **TRAIN_KWARGS)
+
+
+def test_training_defaults_use_every_cell_and_scale_with_the_data(cll_small):
+    spvi.SPVI.setup_mudata(cll_small, modalities=["rna", "meth"])
+    model = spvi.SPVI(cll_small)
+    model.train(max_epochs=2, **TRAIN_KWARGS)
+    assert len(model.train_indices) == cll_small.n_obs  # nothing validated: no cell held back
+    assert len(model.validation_indices) == 0
+    # KL warm-up in steps, totalVI's 0.75 * n_cells, capped at the run's length (2 epochs of 2 steps)
+    assert model.trainer.lightning_module.n_steps_kl_warmup == 4
+    assert model.trainer.lightning_module.n_epochs_kl_warmup is None
+
+    model = spvi.SPVI(cll_small)
+    model.train(max_epochs=2, early_stopping=True, **TRAIN_KWARGS)
+    assert abs(len(model.validation_indices) - 0.1 * cll_small.n_obs) <= 1
+    model = spvi.SPVI(cll_small)
+    model.train(max_epochs=500, **TRAIN_KWARGS | {"max_steps": 1})  # stop at once: only the plan is checked
+    assert model.trainer.lightning_module.n_steps_kl_warmup == int(0.75 * cll_small.n_obs)

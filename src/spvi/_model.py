@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager, fields
 from scvi.data._constants import _SETUP_ARGS_KEY
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base._constants import SAVE_KEYS
 
 from spvi._constants import (
@@ -323,13 +325,14 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
     # ------------------------------------------------------------------ training
     def train(
         self,
-        max_epochs: int = 200,
+        max_epochs: int | None = None,
         batch_size: int = 128,
         lr: float = 1e-3,
         n_epochs_kl_warmup: int | None = None,
+        n_steps_kl_warmup: int | None = None,
         min_kl_weight: float = 1e-5,
         max_kl_weight: float = 1.0,
-        train_size: float = 0.9,
+        train_size: float | None = None,
         validation_size: float | None = None,
         early_stopping: bool = False,
         early_stopping_monitor: str = "elbo_validation",
@@ -347,18 +350,26 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Number of passes through the training data.
+            Number of passes through the training data. Default: scvi-tools' heuristic
+            (:func:`scvi.model._utils.get_max_epochs_heuristic`), 400 up to 20,000 cells and
+            ``400 * 20000 / n_cells`` above, so that every data set gets about the same number of updates.
         batch_size
             Minibatch size.
         lr
             Adam learning rate.
         n_epochs_kl_warmup
-            Epochs over which the KL weight rises linearly from ``min_kl_weight`` to ``max_kl_weight``;
-            default ``max_epochs`` (the paper anneals over the whole run).
+            Epochs over which the KL weight rises linearly from ``min_kl_weight`` to ``max_kl_weight``.
+        n_steps_kl_warmup
+            The same in minibatch steps (used when ``n_epochs_kl_warmup`` is ``None``). Default when both are
+            ``None``: totalVI's rule, ``0.75 * n_cells`` steps (about ``0.75 * batch_size`` epochs once there are
+            more cells than ``batch_size``), at most ``max_epochs`` epochs. It does not depend on ``max_epochs``
+            otherwise, so training longer does not anneal more slowly.
         min_kl_weight, max_kl_weight
             Start and end of the KL weight.
         train_size
-            Fraction of cells used for training; the rest (or ``validation_size``) for validation.
+            Fraction of cells used for training; the rest (or ``validation_size``) for validation. Default: all
+            cells (1.0) unless something is validated (``early_stopping``, ``keep_best`` or ``validation_size``),
+            then 0.9.
         validation_size
             Fraction of cells for validation.
         early_stopping
@@ -399,9 +410,19 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
           bound by per-step overhead rather than arithmetic and was not faster on an H100 (see
           ``benchmarks/speed``).
         """
+        n_cells = self.adata.n_obs
+        if max_epochs is None:
+            max_epochs = get_max_epochs_heuristic(n_cells)
+        if train_size is None:
+            validated = early_stopping or keep_best or validation_size
+            train_size = (1.0 - validation_size if validation_size else 0.9) if validated else 1.0
+        if n_epochs_kl_warmup is None and n_steps_kl_warmup is None:
+            steps_per_epoch = math.ceil(train_size * n_cells / batch_size)
+            n_steps_kl_warmup = min(int(0.75 * n_cells), max_epochs * steps_per_epoch)
         plan_kwargs = {
             "lr": lr,
-            "n_epochs_kl_warmup": max_epochs if n_epochs_kl_warmup is None else n_epochs_kl_warmup,
+            "n_epochs_kl_warmup": n_epochs_kl_warmup,
+            "n_steps_kl_warmup": n_steps_kl_warmup,
             "min_kl_weight": min_kl_weight,
             "max_kl_weight": max_kl_weight,
             **(plan_kwargs or {}),
