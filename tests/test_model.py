@@ -321,3 +321,33 @@ def test_training_defaults_use_every_cell_and_scale_with_the_data(cll_small):
     model = spvi.SPVI(cll_small)
     model.train(max_epochs=500, **TRAIN_KWARGS | {"max_steps": 1})  # stop at once: only the plan is checked
     assert model.trainer.lightning_module.n_steps_kl_warmup == int(0.75 * cll_small.n_obs)
+
+
+def test_gaussian_modalities_are_standardised_inside_the_model(tcga_path, tmp_path):
+    """An affine change of a Gaussian modality's units changes nothing but the units of its predictions."""
+    tcga = md.read_h5mu(tcga_path)
+    assert tcga["rna"].X.mean(axis=0).max() > 10  # log expression as shipped, far from standardised
+    shifted = tcga.copy()
+    shifted["rna"].X = 7.0 * tcga["rna"].X + 100.0
+    latents, predictions = [], []
+    for data in (tcga, shifted):
+        spvi.SPVI.setup_mudata(data, modalities=["rna", "mirna", "protein"])
+        scvi.settings.seed = 0
+        model = _train(spvi.SPVI(data, n_shared=3, n_private=2), epochs=3)
+        latents.append(model.get_latent_representation())
+        predictions.append(model.predict(source="mirna", target="rna"))
+    np.testing.assert_allclose(latents[1], latents[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(predictions[1], 7.0 * predictions[0] + 100.0, rtol=1e-4)
+    # on the user's scale: predicted feature means near the observed ones
+    observed_mean = tcga["rna"].X.mean(axis=0)
+    assert np.abs(predictions[0].mean(axis=0) - observed_mean).max() < 3 * tcga["rna"].X.std(axis=0).max()
+
+    # the statistics are saved with the model; a model saved before standardisation (format 1) loads as identity
+    model.save(tmp_path / "model")
+    loaded = spvi.SPVI.load(tmp_path / "model", shifted)
+    np.testing.assert_allclose(loaded.predict(source="mirna", target="rna"), predictions[1], rtol=1e-5)
+    state = {k: v for k, v in model.module.state_dict().items() if "feature_" not in k}
+    model.module.load_state_dict(state)
+    head = model.module.decoders[0].likelihood
+    assert float(head.feature_mean.abs().max()) == 0.0
+    assert float(head.feature_scale.min()) == float(head.feature_scale.max()) == 1.0

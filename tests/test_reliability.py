@@ -100,7 +100,7 @@ def test_load_checks_the_save_format(multiome, tmp_path):
     spvi.SPVI.setup_mudata(multiome, layers={"rna": "counts", "atac": "counts"})
     model = spvi.SPVI(multiome, n_shared=2, n_private=2)
     model.save(tmp_path / "model")
-    assert spvi.SPVI.load(tmp_path / "model", multiome).format_version_ == 1
+    assert spvi.SPVI.load(tmp_path / "model", multiome).format_version_ == 2
     saved = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
     saved["attr_dict"]["format_version_"] = 99
     torch.save(saved, tmp_path / "model" / "model.pt")

@@ -92,6 +92,29 @@ def row_sums(matrix) -> np.ndarray:
     return np.concatenate(sums) if sums else np.zeros(0)
 
 
+def column_mean_and_scale(matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each column over the rows where ``rows`` is true, ``NaN`` ignored.
+
+    Read block by block. A column with fewer than two values or (numerically) no variance gets scale 1.
+    """
+    total = np.zeros(matrix.shape[1])
+    total_of_squares = np.zeros(matrix.shape[1])
+    count = np.zeros(matrix.shape[1])
+    start = 0
+    for block in row_blocks(matrix):
+        selected = rows[start : start + block.shape[0]]
+        start += block.shape[0]
+        values = np.asarray(block[selected].toarray() if sp.issparse(block) else block[selected], dtype=np.float64)
+        total += np.nansum(values, axis=0)
+        total_of_squares += np.nansum(values**2, axis=0)
+        count += (~np.isnan(values)).sum(axis=0)
+    mean = total / np.maximum(count, 1)
+    variance = total_of_squares / np.maximum(count, 1) - mean**2
+    scale = np.sqrt(np.maximum(variance, 0.0) * count / np.maximum(count - 1, 1))
+    usable = (count >= 2) & (scale > 1e-8 * np.maximum(np.abs(mean), 1.0))
+    return mean, np.where(usable, scale, 1.0)
+
+
 class SortedRowsDataset(h5py.Dataset):
     """A dense on-disk matrix that also accepts unsorted or repeated row indices.
 

@@ -273,7 +273,15 @@ class NegativeBinomialMixtureHead(LikelihoodHead):
 
 
 class GaussianHead(LikelihoodHead):
-    """Normal with a learned per-feature standard deviation; ``NaN`` in the data is masked ("not measured")."""
+    """Normal with a learned per-feature standard deviation; ``NaN`` in the data is masked ("not measured").
+
+    The data are standardised per feature inside the model (``feature_mean`` and ``feature_scale``, set by
+    :meth:`set_feature_statistics` from the training data and saved with the model): the encoder reads
+    standardised values and the decoder's ``loc`` and ``scale`` are in standard units, so features on very
+    different scales (log expression with means of ~18 beside M-values near 0) start and train alike. The
+    log-likelihood includes the Jacobian ``-log(feature_scale)``, so it is that of the data on the user's
+    scale, and :meth:`expected_value` returns the user's scale.
+    """
 
     is_count = False
 
@@ -283,9 +291,19 @@ class GaussianHead(LikelihoodHead):
         # softplus(-1) ~ 0.31: the reference implementation's starting noise level for standardised features
         self.raw_scale = nn.Parameter(-torch.ones(n_output))
         self.raw_scale_marginal = self._marginal_parameter(self.raw_scale)
+        self.register_buffer("feature_mean", torch.zeros(n_output))
+        self.register_buffer("feature_scale", torch.ones(n_output))
+
+    def set_feature_statistics(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """Set the per-feature mean and standard deviation used to standardise the data."""
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=self.feature_mean.dtype))
+        self.feature_scale.copy_(torch.as_tensor(scale, dtype=self.feature_scale.dtype))
+
+    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.feature_mean) / self.feature_scale
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nan_to_num(x, nan=0.0)
+        return torch.nan_to_num(self._standardize(x), nan=0.0)  # not measured: the feature's mean
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         raw_scale = self._per_row(marginal, self.raw_scale, self.raw_scale_marginal)
@@ -294,12 +312,12 @@ class GaussianHead(LikelihoodHead):
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         observed = ~torch.isnan(x)
         loc, scale = params["loc"], params["scale"]
-        standardized = (torch.where(observed, x, loc) - loc) / scale
-        log_prob = -0.5 * standardized.pow(2) - torch.log(scale) - _HALF_LOG_2PI
+        standardized = (torch.where(observed, self._standardize(x), loc) - loc) / scale
+        log_prob = -0.5 * standardized.pow(2) - torch.log(scale * self.feature_scale) - _HALF_LOG_2PI
         return torch.where(observed, log_prob, torch.zeros_like(log_prob))
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return params["loc"]
+        return params["loc"] * self.feature_scale + self.feature_mean
 
 
 #: Likelihood name -> decoder head class. The names are the public values of ``likelihoods=`` in

@@ -31,8 +31,8 @@ from spvi._constants import (
     data_key,
     private_obsm_key,
 )
-from spvi._data import build_registered_mudata, check_setup_arguments, row_sums
-from spvi._likelihoods import LIKELIHOODS
+from spvi._data import build_registered_mudata, check_setup_arguments, column_mean_and_scale, row_sums
+from spvi._likelihoods import LIKELIHOODS, GaussianHead
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
 from spvi._trainingplan import RestoreBestState, SPVITrainingPlan
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 LatentKind = Literal["shared", "private", "all"]
 #: Version of the save format written by :meth:`SPVI.save`; :meth:`SPVI.load` reads this and older ones.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _saved_format_version(dir_path: str) -> int | None:
@@ -167,6 +167,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             cross_modal_private=cross_modal_private,
             encode_covariates=encode_covariates,
         )
+        self._set_gaussian_feature_statistics()
         self._model_summary_string = (
             f"SPVI ({objective}): modalities {self.modalities} with likelihoods "
             f"{[self.likelihoods[m] for m in self.modalities]}, n_shared={n_shared}, "
@@ -183,6 +184,14 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             if not isinstance(size, int) or size < 0:
                 raise ValueError(f"n_private for modality {modality!r} must be an int >= 0, got {size!r}")
         return sizes
+
+    def _set_gaussian_feature_statistics(self) -> None:
+        """Per-feature mean and sd of each Gaussian modality over its observed training cells (saved with the model)."""
+        presence = self.adata.obsm[PRESENCE_OBSM_KEY].astype(bool)
+        for m, modality in enumerate(self.modalities):
+            head = self.module.decoders[m].likelihood
+            if isinstance(head, GaussianHead):
+                head.set_feature_statistics(*column_mean_and_scale(self.adata.mod[modality].X, presence[:, m]))
 
     def _library_medians(self) -> list[float]:
         """Median library size of the observed cells of each modality (for cells that lack it)."""

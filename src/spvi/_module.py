@@ -157,6 +157,20 @@ class SPVAE(BaseModuleClass):
         median = library_median if library_median is not None else [1.0] * self.n_modalities
         self.register_buffer("library_median", torch.tensor(median, dtype=torch.float32))
 
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        """Load parameters, also those saved by spvi's save format 1.
+
+        Format 1 had no internal standardisation of Gaussian modalities (the identity: mean 0, scale 1) and
+        kept marginal dispersions that no training term used (``cross_modal_private="posterior"``, MVAE).
+        """
+        state = dict(state_dict)
+        for key, value in self.state_dict().items():
+            if key not in state and key.endswith(("feature_mean", "feature_scale")):
+                state[key] = torch.zeros_like(value) if key.endswith("feature_mean") else torch.ones_like(value)
+        own_keys = set(self.state_dict())
+        state = {key: value for key, value in state.items() if key in own_keys or "_marginal" not in key}
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
     # ------------------------------------------------------------------ data plumbing
     def _categorical(self, tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Batch and categorical covariates as ``(n, 1)`` int64 columns, the form ``FCLayers`` expects."""
