@@ -77,7 +77,23 @@ def _naive_loss(module: SPVAE, tensors: dict[str, torch.Tensor], kl_weight: floa
         valid.append(module._term_is_valid(term, presence))
     term_losses, valid = torch.stack(term_losses, dim=1), torch.stack(valid, dim=1).float()
     weights = valid / valid.sum(dim=1, keepdim=True).clamp(min=1) if module.objective.mixture else valid
-    return (weights * term_losses).sum(dim=1).mean()
+    return (weights * term_losses).sum(dim=1).mean() + module.alignment_weight * _naive_alignment(qz_shared, presence)
+
+
+def _naive_alignment(qz_shared, presence: torch.Tensor) -> torch.Tensor:
+    """Jeffreys divergence of the experts' z_shared posteriors in closed form, per observed pair, mean over cells."""
+
+    def kl(q1, q2):
+        return (
+            torch.log(q2.scale / q1.scale) + (q1.scale**2 + (q1.loc - q2.loc) ** 2) / (2 * q2.scale**2) - 0.5
+        ).sum(dim=1)
+
+    penalty = torch.zeros(presence.shape[0])
+    for j in range(len(qz_shared)):
+        for k in range(j + 1, len(qz_shared)):
+            both = (presence[:, j] & presence[:, k]).float()
+            penalty = penalty + both * (kl(qz_shared[j], qz_shared[k]) + kl(qz_shared[k], qz_shared[j]))
+    return penalty.mean()
 
 
 @pytest.mark.parametrize("objective", spvi.OBJECTIVES)

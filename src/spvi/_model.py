@@ -96,6 +96,14 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         the "model explained" docs and ``benchmarks/README.md``). Prediction (:meth:`predict`) always sets an
         unobserved target's private block to 0.
 
+    encode_covariates
+        Also feed the batch and categorical covariates to the encoders (they always reach the decoders).
+    alignment_weight
+        Weight of a term that makes the modality experts' posteriors of ``z_shared`` agree on cells measured in
+        several modalities (symmetric KL, MULTIVI's ``modality_penalty="Jeffreys"``), so that cells measured in
+        one modality land among the paired cells of their kind. It only acts on the shared encoder heads and
+        rewards what all modalities can tell, so it keeps MMVAE++'s stop-gradient purpose; 0 switches it off.
+
     Examples
     --------
     >>> spvi.SPVI.setup_mudata(mdata, modalities=["rna", "atac"], layers={"rna": "counts"},
@@ -125,6 +133,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         marginal_dispersion: bool = True,
         cross_modal_private: str = "zero",
         encode_covariates: bool = False,
+        alignment_weight: float = 1.0,
     ):
         super().__init__(self._registered_mudata(mdata))
         self.mdata = mdata
@@ -166,6 +175,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             marginal_dispersion=marginal_dispersion,
             cross_modal_private=cross_modal_private,
             encode_covariates=encode_covariates,
+            alignment_weight=alignment_weight,
         )
         self._set_gaussian_feature_statistics()
         self._model_summary_string = (

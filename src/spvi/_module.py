@@ -92,6 +92,12 @@ class SPVAE(BaseModuleClass):
         ``z_shared`` is not rewarded for explaining the target's private variation).
     encode_covariates
         Also feed the batch and categorical covariates to the encoders (they always reach the decoders).
+    alignment_weight
+        Weight of the alignment term: for every cell and every pair of its observed modalities, the symmetric
+        KL divergence (Jeffreys) between the two experts' posteriors of ``z_shared`` (MULTIVI's modality
+        penalty), added to the loss. It makes the experts agree, so that a cell measured in one modality lands
+        where the paired cells of its kind are. It acts on the shared heads only and rewards what both
+        modalities can tell, so it does not undo MMVAE++'s stop-gradient. 0 switches it off.
     """
 
     def __init__(
@@ -114,8 +120,12 @@ class SPVAE(BaseModuleClass):
         marginal_dispersion: bool = True,
         cross_modal_private: str = "zero",
         encode_covariates: bool = False,
+        alignment_weight: float = 1.0,
     ):
         super().__init__()
+        if alignment_weight < 0:
+            raise ValueError(f"alignment_weight must be >= 0, got {alignment_weight!r}")
+        self.alignment_weight = alignment_weight
         if cross_modal_private not in CROSS_MODAL_PRIVATE:
             raise ValueError(f"cross_modal_private must be one of {CROSS_MODAL_PRIVATE}, got {cross_modal_private!r}")
         self.cross_modal_private = cross_modal_private
@@ -335,6 +345,10 @@ class SPVAE(BaseModuleClass):
             extra_metrics["label_loss"] = (weights * label_loss).sum(dim=1).mean()
 
         loss = (weights * term_loss).sum(dim=1).mean()
+        if self.alignment_weight > 0:
+            alignment = self.alignment_penalty(inference_outputs["qz_shared"], inference_outputs["presence"])
+            loss = loss + self.alignment_weight * alignment.mean()
+            extra_metrics["alignment"] = alignment.mean().detach()
         if not torch.isfinite(loss):
             self._raise_non_finite(reconstruction, kl, extra_metrics)
         if not self.training:
@@ -352,6 +366,17 @@ class SPVAE(BaseModuleClass):
             kl_local={"kl": (weights * kl).sum(dim=1)},
             extra_metrics=extra_metrics,
         )
+
+    @staticmethod
+    def alignment_penalty(qz_shared: list[Normal], presence: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` Jeffreys divergence between the experts' ``z_shared`` posteriors, summed over observed pairs."""
+        penalty = torch.zeros(presence.shape[0], device=presence.device)
+        for j in range(len(qz_shared)):
+            for k in range(j + 1, len(qz_shared)):
+                jeffreys = (kl_divergence(qz_shared[j], qz_shared[k]) + kl_divergence(qz_shared[k], qz_shared[j])).sum(-1)
+                pair = presence[:, j] & presence[:, k]
+                penalty = penalty + torch.where(pair, jeffreys, torch.zeros_like(jeffreys))
+        return penalty
 
     def _raise_non_finite(self, reconstruction: list[torch.Tensor], kl: torch.Tensor, extra_metrics: dict) -> None:
         parts = {f"reconstruction of {name!r}": reconstruction[m] for m, name in enumerate(self.modalities)}
