@@ -69,7 +69,7 @@ def _naive_loss(module: SPVAE, tensors: dict[str, torch.Tensor], kl_weight: floa
             shared = z_shared.detach() if term.stop_gradient and term.experts == (m,) else z_shared
             private = torch.where(own, z_private[m], torch.zeros_like(z_private[m]))
             x = tensors[data_key(module.modalities[m])]
-            library = module.observed_library(x)
+            library = module.cell_library(m, x, presence[:, m : m + 1])
             params = module.decoders[m](torch.cat([shared, private], dim=1), library, ~own, *categorical)
             neg_log_lik = -module.decoders[m].likelihood.log_prob(x, params).sum(dim=1)
             term_loss = term_loss + torch.where(presence[:, m], neg_log_lik, torch.zeros_like(neg_log_lik))
@@ -84,9 +84,9 @@ def _naive_alignment(qz_shared, presence: torch.Tensor) -> torch.Tensor:
     """Jeffreys divergence of the experts' z_shared posteriors in closed form, per observed pair, mean over cells."""
 
     def kl(q1, q2):
-        return (
-            torch.log(q2.scale / q1.scale) + (q1.scale**2 + (q1.loc - q2.loc) ** 2) / (2 * q2.scale**2) - 0.5
-        ).sum(dim=1)
+        return (torch.log(q2.scale / q1.scale) + (q1.scale**2 + (q1.loc - q2.loc) ** 2) / (2 * q2.scale**2) - 0.5).sum(
+            dim=1
+        )
 
     penalty = torch.zeros(presence.shape[0])
     for j in range(len(qz_shared)):

@@ -16,7 +16,8 @@ name            data                            model
                                                 inverse dispersion (scVI)
 ``zinb``        counts (RNA)                    zero-inflated negative binomial (scVI)
 ``poisson``     counts (RNA, ATAC fragments)    Poisson, rate ``library * softmax``
-``bernoulli``   counts, binarised (ATAC)        Bernoulli on ``x > 0``
+``bernoulli``   counts, binarised (ATAC)        Bernoulli on ``x > 0``, probability times a learned
+                                                per-cell depth and per-peak factor (PeakVI)
 ``nbmixture``   counts (protein, ADT)           two-component NB mixture, background and foreground
                                                 (totalVI)
 ``gaussian``    continuous (methylation         Normal with learned per-feature standard deviation;
@@ -38,6 +39,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # Bounds that keep count parameters finite when the decoder is driven far from the data.
 _MAX_LOG_RATE = 15.0
 _MIN_LOG_THETA, _MAX_LOG_THETA = -10.0, 12.0
+_MAX_LOG_P = math.log1p(-1e-6)  # probabilities below 1, so that log(1 - p) stays finite
 
 
 def _theta(log_theta: torch.Tensor) -> torch.Tensor:
@@ -75,9 +77,16 @@ class LikelihoodHead(nn.Module):
         """A copy of a dispersion parameter for marginal rows, or ``None`` without ``marginal_dispersion``."""
         return nn.Parameter(conditional.detach().clone()) if self.marginal_dispersion else None
 
+    #: Whether the per-cell scale of the mean is learned (:meth:`library` is a network), not observed.
+    learns_depth: bool = False
+
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """Transform raw data into the encoder's input (``log1p`` for counts)."""
         return torch.log1p(x)
+
+    def library(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-cell scale of the mean, ``(n, 1)``: the observed library size, at least 1 (used where ``uses_library``)."""
+        return torch.nan_to_num(x, nan=0.0).sum(dim=1, keepdim=True).clamp(min=1.0)
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         """Parameters of the likelihood for each row of ``hidden``.
@@ -211,24 +220,42 @@ class PoissonHead(_SoftmaxRateHead):
 
 
 class BernoulliHead(LikelihoodHead):
-    """Bernoulli on binarised counts (``x > 0``), e.g. ATAC peaks; the mean is the probability of a count."""
+    """Bernoulli on binarised counts (``x > 0``, ATAC peaks) with PeakVI's depth and region factors.
+
+    ``p = sigmoid(decoded) * depth * sigmoid(region)``: ``depth`` in (0, 1) is a per-cell factor learned from the
+    cell's binarised profile by a small network (:meth:`library`; sequencing depth and quality need not go into
+    ``z``), ``region`` a learned per-peak factor (peaks that are rarely seen open anywhere), as in PeakVI and
+    MULTIVI. Cells that lack the modality are predicted at the typical depth (a running median over training
+    minibatches kept by the module).
+    """
+
+    uses_library = True
+    learns_depth = True
 
     def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
         super().__init__(n_hidden, n_output, marginal_dispersion)
         self.logits = nn.Linear(n_hidden, n_output)
+        self.region_logits = nn.Parameter(torch.zeros(n_output))
+        self.depth_encoder = nn.Sequential(nn.Linear(n_output, n_hidden), nn.LeakyReLU(), nn.Linear(n_hidden, 1))
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         return (x > 0).to(x.dtype)
 
+    def library(self, x: torch.Tensor) -> torch.Tensor:
+        """The learned depth factor of each cell, ``(n, 1)`` in (0, 1)."""
+        return torch.sigmoid(self.depth_encoder(self.encoder_input(x)))
+
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.logits(hidden)}
+        log_p = F.logsigmoid(self.logits(hidden)) + torch.log(library + _EPS) + F.logsigmoid(self.region_logits)
+        return {"log_p": torch.clamp(log_p, max=_MAX_LOG_P)}
 
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = params["logits"]
-        return -F.binary_cross_entropy_with_logits(logits, (x > 0).to(logits.dtype).expand_as(logits), reduction="none")
+        log_p = params["log_p"]
+        log_not_p = torch.log(-torch.expm1(log_p))
+        return torch.where(x > 0, log_p, log_not_p)
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.sigmoid(params["logits"])
+        return torch.exp(params["log_p"])
 
 
 class NegativeBinomialMixtureHead(LikelihoodHead):

@@ -19,8 +19,8 @@ from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager, fields
 from scvi.data._constants import _SETUP_ARGS_KEY
-from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.model._utils import get_max_epochs_heuristic
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.model.base._constants import SAVE_KEYS
 
 from spvi._constants import (
@@ -208,8 +208,9 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         presence = self.adata.obsm[PRESENCE_OBSM_KEY].astype(bool)
         medians = []
         for m, modality in enumerate(self.modalities):
-            if not LIKELIHOODS[self.likelihoods[modality]].uses_library:
-                medians.append(1.0)
+            head = LIKELIHOODS[self.likelihoods[modality]]
+            if not head.uses_library or head.learns_depth:
+                medians.append(0.5 if head.learns_depth else 1.0)  # a learned depth: a running median in training
                 continue
             totals = row_sums(self.adata.mod[modality].X)[presence[:, m]]
             medians.append(float(max(np.median(totals), 1.0)))
@@ -581,7 +582,8 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         library_size
             For library-scaled count likelihoods (``nb``, ``zinb``, ``poisson``): the library size to
             predict at, a scalar or one value per cell. Default: the target's observed library size where
-            the cell has the target, else the median library size of the training cells.
+            the cell has the target, else the median library size of the training cells. For ``bernoulli``
+            the depth factor in (0, 1] (default: the learned depth of the cell, else the typical depth).
         indices
             Cells (positions); default all.
         batch_size
@@ -600,20 +602,13 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         predictions, start = [], 0
         for tensors in self._minibatches(mdata, indices, batch_size):
             n_obs = tensors[PRESENCE_KEY].shape[0]
-            library = self._prediction_library(tensors, target_index, library_override, start, n_obs)
+            library = None
+            if library_override is not None:
+                many = len(library_override) > 1
+                library = library_override[start : start + n_obs] if many else library_override.expand(n_obs, 1)
             predictions.append(self.module.predict_target(tensors, sources, target_index, library).cpu())
             start += n_obs
         return torch.cat(predictions).numpy()
-
-    def _prediction_library(
-        self, tensors: dict, target: int, override: torch.Tensor | None, start: int, n_obs: int
-    ) -> torch.Tensor:
-        if override is not None:
-            return override.expand(n_obs, 1) if override.shape[0] == 1 else override[start : start + n_obs]
-        observed = tensors[PRESENCE_KEY][:, target : target + 1].bool()
-        library = self.module.observed_library(tensors[data_key(self.modalities[target])])
-        median = self.module.library_median[target].cpu().expand_as(library)
-        return torch.where(observed, library, median)
 
     @torch.inference_mode()
     def predict_labels(

@@ -16,6 +16,8 @@ from spvi._objectives import Objective, Term, make_objective
 
 #: choices of the target's private block in cross-modal terms (see :class:`SPVAE`)
 CROSS_MODAL_PRIVATE = ("zero", "posterior")
+#: weight of each training minibatch in the running median of a learned depth factor
+_DEPTH_MOMENTUM = 0.05
 
 
 def product_of_experts(qz: list[Normal], weights: torch.Tensor) -> Normal:
@@ -213,14 +215,27 @@ class SPVAE(BaseModuleClass):
             "qz_shared": inference_outputs["qz_shared"],
             "qz_private": inference_outputs["qz_private"],
             "presence": inference_outputs["presence"],
-            "library": [self.observed_library(tensors[data_key(name)]) for name in self.modalities],
+            "library": [
+                self.cell_library(m, tensors[data_key(name)], inference_outputs["presence"][:, m : m + 1])
+                for m, name in enumerate(self.modalities)
+            ],
             "categorical": self._categorical(tensors),
         }
 
-    @staticmethod
-    def observed_library(x: torch.Tensor) -> torch.Tensor:
-        """Library size per cell, ``(n, 1)``, at least 1 so that empty or padded rows stay finite."""
-        return torch.nan_to_num(x, nan=0.0).sum(dim=1, keepdim=True).clamp(min=1.0)
+    def cell_library(self, m: int, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """``(n, 1)`` per-cell scale of modality ``m``'s mean; the typical value where ``observed`` is false.
+
+        The observed library size for count likelihoods, the learned depth factor for ``bernoulli``; cells
+        that lack the modality get ``library_median[m]``, which for a learned depth is a running median over
+        training minibatches.
+        """
+        head = self.decoders[m].likelihood
+        library = head.library(x)
+        if head.learns_depth and self.training and observed.any():
+            with torch.no_grad():
+                batch_median = library[observed.squeeze(1)].median()
+                self.library_median[m] = (1 - _DEPTH_MOMENTUM) * self.library_median[m] + _DEPTH_MOMENTUM * batch_median
+        return torch.where(observed, library, self.library_median[m].expand_as(library))
 
     # ------------------------------------------------------------------ posteriors of z_shared
     def _term_experts(self, term: Term, presence: torch.Tensor) -> torch.Tensor:
@@ -373,7 +388,9 @@ class SPVAE(BaseModuleClass):
         penalty = torch.zeros(presence.shape[0], device=presence.device)
         for j in range(len(qz_shared)):
             for k in range(j + 1, len(qz_shared)):
-                jeffreys = (kl_divergence(qz_shared[j], qz_shared[k]) + kl_divergence(qz_shared[k], qz_shared[j])).sum(-1)
+                jeffreys = (kl_divergence(qz_shared[j], qz_shared[k]) + kl_divergence(qz_shared[k], qz_shared[j])).sum(
+                    -1
+                )
                 pair = presence[:, j] & presence[:, k]
                 penalty = penalty + torch.where(pair, jeffreys, torch.zeros_like(jeffreys))
         return penalty
@@ -492,15 +509,19 @@ class SPVAE(BaseModuleClass):
         tensors: dict[str, torch.Tensor],
         sources: list[int],
         target: int,
-        library: torch.Tensor,
+        library: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Expected value of modality ``target`` given only the modalities ``sources``.
 
         ``z_shared`` is the posterior mean from the sources; the target's private block is its posterior
-        mean when the target is itself a source and observed, otherwise its prior mean 0.
+        mean when the target is itself a source and observed, otherwise its prior mean 0. ``library``
+        (``(n, 1)``) overrides the target's per-cell scale (default :meth:`cell_library`).
         """
         inference_outputs = self.inference(**self._get_inference_input(tensors))
         presence = inference_outputs["presence"]
+        if library is None:
+            x = tensors[data_key(self.modalities[target])]
+            library = self.cell_library(target, x, presence[:, target : target + 1])
         source_mask = torch.zeros_like(presence)
         source_mask[:, sources] = True
         observed_sources = presence & source_mask
