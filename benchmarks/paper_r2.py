@@ -80,6 +80,7 @@ def train_spvi(args: argparse.Namespace, objective: str, seed: int, train_data: 
         marginal_dispersion=not args.paper_dispersion,
         cross_modal_private=args.cross_modal_private,
         dropout_rate=args.dropout_rate,
+        alignment_weight=args.alignment_weight,
     )
     stopping = (
         {
@@ -169,6 +170,8 @@ def variant(args: argparse.Namespace) -> str:
         parts.append(f"dropout {args.dropout_rate:g}")
     if args.weight_decay != WEIGHT_DECAY:
         parts.append(f"weight decay {args.weight_decay:g}")
+    if args.alignment_weight != 1.0:
+        parts.append(f"alignment {args.alignment_weight:g}")
     return ", ".join(parts)
 
 
@@ -259,6 +262,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--cross-modal-private", choices=["zero", "posterior"], default="zero")
     parser.add_argument("--dropout-rate", type=float, default=0.0, help="dropout in encoders and decoders")
+    parser.add_argument("--alignment-weight", type=float, default=1.0, help="weight of the experts' alignment term")
     parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="Adam weight decay")
     args = parser.parse_args()
     args.n_other = None if args.n_other == "all" else int(args.n_other)
