@@ -5,6 +5,7 @@ once; each writes its CSV, markdown summary and figure into a temporary director
 """
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -94,3 +95,49 @@ def test_paper_r2_smoke(monkeypatch, tmp_path):
     second = pd.read_csv(output).iloc[len(table) :]
     assert len(second) == 2 * 2
     assert set(second["variant"]) == {"stop on cross-modal NLL, best epoch, cross_modal_private=posterior"}
+
+
+def test_integration_benchmark_smoke(tmp_path, cite_path):
+    pytest.importorskip("scib_metrics")
+    pytest.importorskip("muon")
+    spec = importlib.util.spec_from_file_location("integration_run", BENCHMARKS / "integration" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mop_path = cite_path.parent / "mop_snareseq_rna_atac.h5mu"
+    for dataset, path in (("cite", cite_path), ("mop", mop_path)):
+        module.main([dataset, "--smoke", "--data", str(path), "--results-dir", str(tmp_path)])
+    expected = {
+        "cite": {
+            "spvi mmvae++": {"shared", "private_rna", "private_protein", "all", "protein from rna"},
+            "totalvi": {"all", "protein from rna"},
+            "pca": {"all"},
+            "ridge": {"protein from rna"},
+        },
+        "mop": {
+            "spvi mmvae++": {"shared", "private_rna", "private_atac", "all", "rna from atac"},
+            "multivi": {"all", "rna from atac"},
+            "pca": {"all"},
+            "lsi": {"all"},
+            "pca+lsi": {"all"},
+            "ridge": {"rna from atac"},
+        },
+    }
+    scib = ["nmi", "ari", "silhouette_label", "isolated_labels", "clisi", "ilisi", "graph_connectivity", "total"]
+    for dataset, blocks in expected.items():
+        table = pd.read_csv(tmp_path / f"{dataset}.csv")
+        assert table.groupby("method")["block"].agg(set).to_dict() == blocks
+        assert (table["seed"] == 0).all()
+        assert (table["variant"] == "default").all()
+        imputation = table["pearson"].notna()
+        assert table.loc[imputation, "pearson"].between(-1, 1).all()
+        embeddings = table[~imputation]
+        assert np.isfinite(embeddings[[*scib, "knn_accuracy", "n_cells"]].to_numpy()).all()
+        assert embeddings[["nmi", "ari", "knn_accuracy"]].apply(lambda c: c.between(-1, 1)).all().all()
+        assert (tmp_path / f"{dataset}_umap.png").stat().st_size > 10_000
+    cite = pd.read_csv(tmp_path / "cite.csv").set_index(["method", "block"])
+    # z_shared embeds all 600 subsampled cells, each private block only the cells with its modality
+    assert cite.loc[("spvi mmvae++", "shared"), "n_cells"] == 600
+    assert cite.loc[("spvi mmvae++", "private_rna"), "n_cells"] < 600
+    single = ["ratio_rna_only", "ratio_protein_only", "transfer_accuracy_rna_only", "transfer_accuracy_protein_only"]
+    assert np.isfinite(cite.loc[("spvi mmvae++", "shared"), single].to_numpy(dtype=float)).all()
+    assert (tmp_path / "summary.md").read_text().count("## ") == 2
