@@ -351,20 +351,3 @@ def test_gaussian_modalities_are_standardised_inside_the_model(tcga_path, tmp_pa
     head = model.module.decoders[0].likelihood
     assert float(head.feature_mean.abs().max()) == 0.0
     assert float(head.feature_scale.min()) == float(head.feature_scale.max()) == 1.0
-
-
-def test_protein_background_prior_starts_below_the_counts_and_predictions_are_deterministic(cite):
-    spvi.SPVI.setup_mudata(
-        cite, layers={"rna": "counts", "protein": "counts"}, likelihoods={"protein": "nbmixture"}, batch_key="batch"
-    )
-    model = spvi.SPVI(cite, n_shared=4, n_private=2)
-    head = model.module.decoders[1].likelihood
-    log_counts = np.log1p(cite["protein"].layers["counts"].toarray())
-    prior_mean = head.background_prior_mean.detach().numpy().copy()
-    # the background component of each protein lies at or below its mean log count (totalVI's initialisation)
-    assert (prior_mean <= log_counts.mean(axis=0) + 1e-6).mean() > 0.95
-    assert np.isfinite(head.background_prior_log_scale.detach().numpy()).all()
-    _train(model, epochs=2)
-    assert not np.array_equal(head.background_prior_mean.detach().numpy(), prior_mean)  # the prior is learned
-    first = model.predict(source="rna", target="protein")
-    np.testing.assert_array_equal(first, model.predict(source="rna", target="protein"))  # background at its mean

@@ -115,34 +115,6 @@ def column_mean_and_scale(matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return mean, np.where(usable, scale, 1.0)
 
 
-def protein_background_prior(
-    matrix, rows: np.ndarray, max_cells: int = 5000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per protein, mean and sd of the background component of ``log1p`` counts (totalVI's prior initialisation).
-
-    A two-component Gaussian mixture is fit to each protein's ``log1p`` counts over the rows where ``rows`` is
-    true (at most ``max_cells`` of them, drawn at random); the component with the lower mean is the background.
-    """
-    from sklearn.mixture import GaussianMixture
-
-    positions = np.flatnonzero(rows)
-    if len(positions) > max_cells:
-        positions = np.sort(np.random.default_rng(seed).choice(positions, max_cells, replace=False))
-    block = matrix[positions]
-    values = np.log1p(np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float64))
-    means, scales = np.zeros(values.shape[1]), np.ones(values.shape[1])
-    for j in range(values.shape[1]):
-        column = values[:, j : j + 1]
-        if np.ptp(column) == 0:
-            means[j] = column[0, 0]
-            continue
-        mixture = GaussianMixture(n_components=2, random_state=seed).fit(column)
-        background = int(np.argmin(mixture.means_.ravel()))
-        means[j] = mixture.means_.ravel()[background]
-        scales[j] = np.sqrt(mixture.covariances_.ravel()[background])
-    return means, np.clip(scales, 1e-2, None)
-
-
 class SortedRowsDataset(h5py.Dataset):
     """A dense on-disk matrix that also accepts unsorted or repeated row indices.
 

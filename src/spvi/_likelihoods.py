@@ -18,8 +18,8 @@ name            data                            model
 ``poisson``     counts (RNA, ATAC fragments)    Poisson, rate ``library * softmax``
 ``bernoulli``   counts, binarised (ATAC)        Bernoulli on ``x > 0``, probability times a learned
                                                 per-cell depth and per-peak factor (PeakVI)
-``nbmixture``   counts (protein, ADT)           two-component NB mixture, background and foreground,
-                                                background prior per protein (totalVI)
+``nbmixture``   counts (protein, ADT)           two-component NB mixture, background and foreground
+                                                (totalVI)
 ``gaussian``    continuous (methylation         Normal with learned per-feature standard deviation;
                 M-values, normalised bulk)      ``NaN`` entries are "not measured" and masked
 ==============  ==============================  =========================================================
@@ -32,7 +32,6 @@ import math
 import torch
 from scvi.distributions import NegativeBinomialMixture, ZeroInflatedNegativeBinomial
 from torch import nn
-from torch.distributions import Normal, kl_divergence
 from torch.nn import functional as F
 
 _EPS = 1e-8
@@ -40,7 +39,6 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # Bounds that keep count parameters finite when the decoder is driven far from the data.
 _MAX_LOG_RATE = 15.0
 _MIN_LOG_THETA, _MAX_LOG_THETA = -10.0, 12.0
-_MIN_LOG_SCALE, _MAX_LOG_SCALE = -8.0, 3.0
 _MAX_LOG_P = math.log1p(-1e-6)  # probabilities below 1, so that log(1 - p) stays finite
 
 
@@ -261,60 +259,32 @@ class BernoulliHead(LikelihoodHead):
 
 
 class NegativeBinomialMixtureHead(LikelihoodHead):
-    """Background/foreground NB mixture for protein counts with totalVI's background prior.
+    """Background/foreground NB mixture for protein counts, as in totalVI.
 
-    The log background rate of each cell and protein is a latent variable, ``log beta ~ N(alpha, sigma)`` with
-    ``alpha`` and ``sigma`` decoded per cell; its prior is ``N(prior_mean, prior_scale)`` per protein, learned and
-    initialised from the data (:meth:`set_background_prior`: the lower component of a two-component Gaussian
-    mixture of ``log1p`` counts, as totalVI does), and its KL divergence is part of the training loss. In
-    training ``log beta`` is sampled; in evaluation (prediction, validation) its mean ``alpha`` is used. The
-    foreground rate is the background times ``1 + softplus(.)``, so it is always larger; the mixing weight of the
-    background is ``sigmoid(logits)``. Protein counts are not scaled by a library size (as in totalVI).
+    The background rate is decoded per cell and protein; the foreground rate is the background times
+    ``1 + softplus(.)``, so it is always larger; the mixing weight of the background is ``sigmoid(logits)``.
+    Protein counts are not scaled by a library size (as in totalVI).
     """
 
     def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
         super().__init__(n_hidden, n_output, marginal_dispersion)
         self.log_background = nn.Linear(n_hidden, n_output)
-        self.log_background_scale = nn.Linear(n_hidden, n_output)
         self.foreground_increase = nn.Linear(n_hidden, n_output)
         self.background_logits = nn.Linear(n_hidden, n_output)
         self.log_theta = nn.Parameter(2.0 * torch.rand(n_output))
         self.log_theta_marginal = self._marginal_parameter(self.log_theta)
-        self.background_prior_mean = nn.Parameter(torch.zeros(n_output))
-        self.background_prior_log_scale = nn.Parameter(torch.zeros(n_output))
-
-    def set_background_prior(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
-        """Initialise the per-protein prior of the log background rate."""
-        with torch.no_grad():
-            self.background_prior_mean.copy_(torch.as_tensor(mean, dtype=self.background_prior_mean.dtype))
-            self.background_prior_log_scale.copy_(
-                torch.log(torch.as_tensor(scale, dtype=self.background_prior_mean.dtype))
-            )
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
-        posterior = Normal(
-            torch.clamp(self.log_background(hidden), max=_MAX_LOG_RATE),
-            torch.exp(torch.clamp(self.log_background_scale(hidden), _MIN_LOG_SCALE, _MAX_LOG_SCALE)),
-            validate_args=False,  # rows of cells without a source are NaN by design (predict returns NaN there)
-        )
-        if self.training:
-            log_background = torch.clamp(posterior.rsample(), max=_MAX_LOG_RATE)
-            prior = Normal(self.background_prior_mean, torch.exp(self.background_prior_log_scale))
-            background_kl = kl_divergence(posterior, prior)
-        else:
-            log_background, background_kl = posterior.loc, torch.zeros_like(posterior.loc)
-        background = torch.exp(log_background)
+        background = torch.exp(torch.clamp(self.log_background(hidden), max=_MAX_LOG_RATE))
         foreground = background * (1.0 + F.softplus(self.foreground_increase(hidden)))
         return {
             "background": background,
             "foreground": foreground,
             "logits": self.background_logits(hidden),
             "theta": _theta(self._per_row(marginal, self.log_theta, self.log_theta_marginal)),
-            "background_kl": background_kl,
         }
 
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Log-likelihood minus the KL divergence of the background (0 in evaluation): a term of the ELBO."""
         theta = params["theta"]
         distribution = NegativeBinomialMixture(
             mu1=params["background"] + _EPS,
@@ -322,7 +292,7 @@ class NegativeBinomialMixtureHead(LikelihoodHead):
             theta1=theta,
             mixture_logits=params["logits"],
         )
-        return distribution.log_prob(x) - params["background_kl"]
+        return distribution.log_prob(x)
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         weight_background = torch.sigmoid(params["logits"])

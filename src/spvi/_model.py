@@ -31,14 +31,8 @@ from spvi._constants import (
     data_key,
     private_obsm_key,
 )
-from spvi._data import (
-    build_registered_mudata,
-    check_setup_arguments,
-    column_mean_and_scale,
-    protein_background_prior,
-    row_sums,
-)
-from spvi._likelihoods import LIKELIHOODS, GaussianHead, NegativeBinomialMixtureHead
+from spvi._data import build_registered_mudata, check_setup_arguments, column_mean_and_scale, row_sums
+from spvi._likelihoods import LIKELIHOODS, GaussianHead
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
 from spvi._trainingplan import RestoreBestState, SPVITrainingPlan
@@ -183,7 +177,7 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
             encode_covariates=encode_covariates,
             alignment_weight=alignment_weight,
         )
-        self._set_data_statistics()
+        self._set_gaussian_feature_statistics()
         self._model_summary_string = (
             f"SPVI ({objective}): modalities {self.modalities} with likelihoods "
             f"{[self.likelihoods[m] for m in self.modalities]}, n_shared={n_shared}, "
@@ -201,19 +195,13 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
                 raise ValueError(f"n_private for modality {modality!r} must be an int >= 0, got {size!r}")
         return sizes
 
-    def _set_data_statistics(self) -> None:
-        """Statistics of the training data that the module starts from (saved with the model).
-
-        Gaussian modalities: per-feature mean and sd for the internal standardisation. ``nbmixture``: totalVI's
-        initial per-protein background prior.
-        """
+    def _set_gaussian_feature_statistics(self) -> None:
+        """Per-feature mean and sd of each Gaussian modality over its observed training cells (saved with the model)."""
         presence = self.adata.obsm[PRESENCE_OBSM_KEY].astype(bool)
         for m, modality in enumerate(self.modalities):
             head = self.module.decoders[m].likelihood
             if isinstance(head, GaussianHead):
                 head.set_feature_statistics(*column_mean_and_scale(self.adata.mod[modality].X, presence[:, m]))
-            elif isinstance(head, NegativeBinomialMixtureHead):
-                head.set_background_prior(*protein_background_prior(self.adata.mod[modality].X, presence[:, m]))
 
     def _library_medians(self) -> list[float]:
         """Median library size of the observed cells of each modality (for cells that lack it)."""
