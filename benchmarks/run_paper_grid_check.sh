@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The paper grid after the issue-11 model changes (standardised Gaussian inputs, alignment term): synthetic 20/50
-# private and CLL 10/100 other features, 5 seeds, MMVAE++ and MMVAE, same protocol as run_paper_r2.sh (the committed
-# rows in ../paper_r2_*.csv are the "before"). ALIGN=0 runs the same without the alignment term.
+# The paper grid to rerun after a model change: synthetic 20/50 private and CLL 10/100 other features, 5 seeds,
+# MMVAE++ and MMVAE, the protocol of run_paper_r2.sh (its committed rows in results/paper_r2_*.csv are the
+# reference). Writes results/issue11/paper_grid_alignment<ALIGN>.csv; ALIGN=0 runs it without the alignment term.
+# ~35 min on one idle core.
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 ALIGN=${ALIGN:-1.0}
 OUT=benchmarks/results/issue11/paper_grid_alignment${ALIGN}.csv
