@@ -1,6 +1,6 @@
 """Summary of the integration benchmark: markdown tables (mean ± sd over seeds) and UMAP panels of seed 0.
 
-Reads ``<dataset>.csv`` and ``<dataset>_umap_seed0.npz`` in the results folder; writes ``summary.md`` and
+Reads ``<dataset>.csv`` and ``<dataset>_umap_seed<seed>.npz`` in the results folder; writes ``summary.md`` and
 ``<dataset>_umap.png`` there.
 """
 
@@ -106,7 +106,7 @@ def umap_figure(path: Path, output: Path) -> None:
     Parameters
     ----------
     path
-        ``<dataset>_umap_seed0.npz`` written by ``run.py``.
+        ``<dataset>_umap_seed<seed>.npz`` written by ``run.py``.
     output
         The PNG to write.
     """
@@ -157,8 +157,8 @@ def summarize(results: Path) -> None:
         if csv.exists():
             table = pd.read_csv(csv, keep_default_na=False, na_values=[""])
             sections.append(dataset_section(name, table))
-        umaps = results / f"{name}_umap_seed0.npz"
-        if umaps.exists():
-            umap_figure(umaps, results / f"{name}_umap.png")
+        umaps = sorted(results.glob(f"{name}_umap_seed*.npz"))
+        if umaps:
+            umap_figure(umaps[0], results / f"{name}_umap.png")  # the lowest seed with UMAPs
     (results / "summary.md").write_text("\n\n".join(sections) + "\n")
     print(f"wrote {results / 'summary.md'}")

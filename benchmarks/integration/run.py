@@ -30,9 +30,9 @@ import mudata as md  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import scanpy as sc  # noqa: E402
 import scvi  # noqa: E402
 import torch  # noqa: E402
+import umap  # noqa: E402
 from loading import DATA_FILES, SHARED_DATA, Dataset, load_cite, load_mop, split  # noqa: E402
 from methods import Fit, fit_linear, fit_multivi, fit_spvi, fit_totalvi, observed_target  # noqa: E402
 from report import summarize  # noqa: E402
@@ -225,18 +225,19 @@ def read_npz(path: Path, names: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def umap_coordinates(z: np.ndarray) -> np.ndarray:
-    """UMAP (scanpy, 15 neighbours, seed 0) of the cells with a finite embedding; ``NaN`` for the others."""
+    """UMAP (umap-learn, 15 neighbours, seed 0) of the cells with a finite embedding; ``NaN`` for the others.
+
+    umap-learn directly: scanpy 1.11's neighbour graph fails on 10,000 cells with this scipy (``csr_array`` has no
+    ``getnnz``).
+    """
     keep = finite_rows(z)
-    adata = sc.AnnData(obsm={"X_emb": z[keep].astype(np.float32)}, obs=pd.DataFrame(index=np.arange(keep.sum())))
-    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_emb", random_state=0)
-    sc.tl.umap(adata, random_state=0)
     coordinates = np.full((len(z), 2), np.nan, dtype=np.float32)
-    coordinates[keep] = adata.obsm["X_umap"]
+    coordinates[keep] = umap.UMAP(n_neighbors=15, random_state=0).fit_transform(z[keep].astype(np.float32))
     return coordinates
 
 
-def save_seed0(args, dataset: Dataset, fits_done: list[Fit]) -> None:
-    """UMAPs of each method's main block (always) and all embeddings of seed 0 (only if small), as ``.npz``.
+def save_first_seed(args, dataset: Dataset, seed: int, fits_done: list[Fit]) -> None:
+    """UMAPs of each method's main block (always) and all embeddings (only if small) of the run's first seed.
 
     Parameters
     ----------
@@ -244,8 +245,10 @@ def save_seed0(args, dataset: Dataset, fits_done: list[Fit]) -> None:
         Command-line arguments.
     dataset
         The data set.
+    seed
+        The run's first seed (in the file names, ``<dataset>_umap_seed<seed>.npz``).
     fits_done
-        The fits of seed 0.
+        The fits of that seed.
     """
     names = np.asarray(dataset.mdata.obs_names).astype(str)
     colour = "availability" if dataset.groups else "batch"
@@ -256,9 +259,9 @@ def save_seed0(args, dataset: Dataset, fits_done: list[Fit]) -> None:
         for fit in fits_done
         if fit.blocks
     }
-    path = args.results_dir / f"{dataset.name}_umap_seed0.npz"
+    path = args.results_dir / f"{dataset.name}_umap_seed{seed}.npz"
     np.savez_compressed(path, **{**read_npz(path, names), **umaps, **obs})
-    path = args.results_dir / f"{dataset.name}_embeddings_seed0.npz"
+    path = args.results_dir / f"{dataset.name}_embeddings_seed{seed}.npz"
     embeddings = read_npz(path, names) | {
         f"{fit.method}|{args.variant}|{block}": z.astype(np.float32)
         for fit in fits_done
@@ -285,8 +288,8 @@ def run(args: argparse.Namespace) -> None:
             printed = pd.DataFrame(rows).drop(columns=["dataset", "kwargs", "code", "note"])
             print(printed.to_string(index=False), flush=True)
             done.append(fit)
-        if seed == 0:
-            save_seed0(args, dataset, done)
+        if seed == args.seeds[0]:
+            save_first_seed(args, dataset, seed, done)
     summarize(args.results_dir)
 
 
