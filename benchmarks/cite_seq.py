@@ -170,17 +170,17 @@ def run_spvi(args, objective, seed, mdata, train, test) -> list[dict]:
     return rows
 
 
-def run_totalvi(args, seed, mdata, train, test) -> list[dict]:
-    train_data = totalvi_mudata(mdata, train)
+def train_totalvi(train_data: md.MuData, seed: int, n_latent: int, n_hidden: int, epochs: int):
+    """TOTALVI on ``totalvi_mudata`` cells: batch 128, its own lr, fixed epochs on all cells; (model, seconds)."""
     modalities = {"rna_layer": "rna", "protein_layer": "protein", "batch_key": "rna"}
     scvi.model.TOTALVI.setup_mudata(
         train_data, rna_layer="counts", protein_layer="counts", batch_key="batch", modalities=modalities
     )
     scvi.settings.seed = seed
-    model = scvi.model.TOTALVI(train_data, n_latent=args.n_shared + 2 * args.n_private, n_hidden=args.n_hidden)
+    model = scvi.model.TOTALVI(train_data, n_latent=n_latent, n_hidden=n_hidden)
     start = time.perf_counter()
     model.train(
-        max_epochs=args.epochs,
+        max_epochs=epochs,
         batch_size=128,
         train_size=1.0,
         early_stopping=False,
@@ -188,7 +188,26 @@ def run_totalvi(args, seed, mdata, train, test) -> list[dict]:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    seconds = time.perf_counter() - start
+    return model, time.perf_counter() - start
+
+
+def totalvi_protein(model, masked: md.MuData) -> np.ndarray:
+    """Expected protein counts of ``masked`` cells (protein zeroed) in the paired batches, averaged over them."""
+    _, protein = model.get_normalized_expression(
+        masked,
+        transform_batch=PAIRED_BATCHES,
+        include_protein_background=True,
+        sample_protein_mixing=False,
+        n_samples=25,
+        return_numpy=True,
+    )
+    return protein
+
+
+def run_totalvi(args, seed, mdata, train, test) -> list[dict]:
+    train_data = totalvi_mudata(mdata, train)
+    n_latent = args.n_shared + 2 * args.n_private
+    model, seconds = train_totalvi(train_data, seed, n_latent, args.n_hidden, args.epochs)
     base = {"method": "totalvi", "objective": "", "seed": seed, "train_seconds": seconds, "epochs": args.epochs}
     test_full = totalvi_mudata(mdata, test)
     y_train = train_data["rna"].obs["cell_type"].to_numpy()
@@ -202,14 +221,7 @@ def run_totalvi(args, seed, mdata, train, test) -> list[dict]:
         "protein from rna (own batch)": totalvi_mudata(mdata, test, zero_protein=True),
     }
     for name, masked in variants.items():
-        _, protein = model.get_normalized_expression(
-            masked,
-            transform_batch=PAIRED_BATCHES,
-            include_protein_background=True,
-            sample_protein_mixing=False,
-            n_samples=25,
-            return_numpy=True,
-        )
+        protein = totalvi_protein(model, masked)
         rows.append({**base, "embedding": name, "protein_pearson": log1p_pearson(observed, protein)})
     return rows
 

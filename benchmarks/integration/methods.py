@@ -14,7 +14,7 @@ import mudata as md
 import numpy as np
 import scvi
 from baselines import fit_mofa, ridge_predict
-from cite_seq import PAIRED_BATCHES, RNA_ONLY_BATCH, counts, totalvi_mudata
+from cite_seq import RNA_ONLY_BATCH, counts, totalvi_mudata, totalvi_protein, train_totalvi
 from loading import (
     Dataset,
     atac_lsi,
@@ -32,7 +32,7 @@ import spvi
 
 #: dimension of spvi's z_shared
 N_SHARED = 10
-#: minibatch size of spvi and TOTALVI (MULTIVI's default is the same)
+#: minibatch size of spvi (TOTALVI in cite_seq.train_totalvi and MULTIVI by default use the same)
 BATCH_SIZE = 128
 #: quiet Lightning trainer
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
@@ -245,34 +245,11 @@ def fit_totalvi(dataset: Dataset, seed: int, train, test, epochs: int) -> Fit:
     Block ``all`` (``NaN`` for protein-only cells) and the imputation of protein from RNA.
     """
     mdata = dataset.mdata
-    train_data = totalvi_mudata(mdata, train)
-    modalities = {"rna_layer": "rna", "protein_layer": "protein", "batch_key": "rna"}
-    scvi.model.TOTALVI.setup_mudata(
-        train_data, rna_layer="counts", protein_layer="counts", batch_key="batch", modalities=modalities
-    )
-    scvi.settings.seed = seed
-    model = scvi.model.TOTALVI(train_data, n_latent=N_SHARED + 2 * dataset.n_private, n_hidden=128)
-    start = time.perf_counter()
-    model.train(
-        max_epochs=epochs,
-        batch_size=BATCH_SIZE,
-        train_size=1.0,
-        early_stopping=False,
-        reduce_lr_on_plateau=False,
-        **QUIET,
-    )
-    seconds = time.perf_counter() - start
+    n_latent = N_SHARED + 2 * dataset.n_private
+    model, seconds = train_totalvi(totalvi_mudata(mdata, train), seed, n_latent, 128, epochs)
     with_rna = totalvi_mudata(mdata, mdata.obs_names)
     latent = over_all_cells(mdata, with_rna.obs_names, model.get_latent_representation(with_rna))
-    masked = totalvi_mudata(mdata, test, zero_protein=True, batch=RNA_ONLY_BATCH)
-    _, protein = model.get_normalized_expression(
-        masked,
-        transform_batch=PAIRED_BATCHES,
-        include_protein_background=True,
-        sample_protein_mixing=False,
-        n_samples=25,
-        return_numpy=True,
-    )
+    protein = totalvi_protein(model, totalvi_mudata(mdata, test, zero_protein=True, batch=RNA_ONLY_BATCH))
     return Fit("totalvi", {"all": latent}, "all", np.log1p(protein), seconds, model.trainer.current_epoch)
 
 
