@@ -176,11 +176,11 @@ class SPVAE(BaseModuleClass):
         kept marginal dispersions that no training term used (``cross_modal_private="posterior"``, MVAE).
         """
         state = dict(state_dict)
-        for key, value in self.state_dict().items():
+        own_state = self.state_dict()
+        for key, value in own_state.items():
             if key not in state and key.endswith(("feature_mean", "feature_scale")):
                 state[key] = torch.zeros_like(value) if key.endswith("feature_mean") else torch.ones_like(value)
-        own_keys = set(self.state_dict())
-        state = {key: value for key, value in state.items() if key in own_keys or "_marginal" not in key}
+        state = {key: value for key, value in state.items() if key in own_state or "_marginal" not in key}
         return super().load_state_dict(state, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ data plumbing
