@@ -32,6 +32,7 @@ from spvi._constants import (
     private_obsm_key,
 )
 from spvi._data import build_registered_mudata, check_setup_arguments, column_mean_and_scale, row_sums
+from spvi._dataloader import SPVIDataSplitter, make_data_loader
 from spvi._likelihoods import LIKELIHOODS, GaussianHead
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
@@ -116,6 +117,9 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
 
     _module_cls = SPVAE
     _training_plan_cls = SPVITrainingPlan
+    # minibatches cut from tensors in memory where the data allow (spvi._dataloader), else scvi-tools' loader
+    _data_splitter_cls = SPVIDataSplitter
+    _data_loader_cls = staticmethod(make_data_loader)
     # user MuData -> the padded MuData registered with scvi-tools (see spvi._data)
     _registered: weakref.WeakKeyDictionary[MuData, MuData] = weakref.WeakKeyDictionary()
 
