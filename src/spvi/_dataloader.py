@@ -2,10 +2,9 @@
 
 scvi-tools' :class:`~scvi.dataloaders.AnnDataLoader` reads every minibatch from the registered AnnData
 fields: fancy-indexes each SciPy matrix, densifies it, casts it and converts it to a tensor. When the data
-are in memory, spvi instead converts every registered field to tensors once (dense fields as they are,
-sparse CSR fields as their three CSR arrays, sharing memory with the SciPy matrix where the dtype allows)
-and cuts each minibatch by index with a few torch operations. The minibatches are the same arrays as
-scvi-tools' (same keys, dtypes and values) and the cells are drawn in the same order for the same seed, so
+are in memory, spvi instead casts every registered field once (dense fields to tensors that share memory with
+the arrays where the dtype allows, sparse fields to CSR of the training dtype) and cuts each minibatch by index. Sparse rows are still cut by SciPy (in C, faster on the CPU than
+a gather in torch). The minibatches are the same arrays as scvi-tools' (same keys, dtypes and values) and the cells are drawn in the same order for the same seed, so
 training gives the same result on either path. Data opened on disk (``backed``), sparse minibatches
 (``load_sparse_tensor=True``) and fields of other types keep scvi-tools' loader.
 """
@@ -24,24 +23,13 @@ from spvi._data import is_on_disk
 
 
 class _CSRRows:
-    """A CSR matrix as three tensors; ``rows(index)`` gives the dense rows ``index``, as ``toarray`` would."""
+    """A CSR matrix whose ``rows(index)`` are the dense rows ``index`` as a tensor (SciPy's row slicing, in C)."""
 
     def __init__(self, matrix: sparse.csr_matrix, dtype: np.dtype):
-        self.shape = matrix.shape
-        self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64, copy=False))
-        self.indices = torch.from_numpy(matrix.indices)
-        self.data = torch.from_numpy(matrix.data.astype(dtype, copy=False))
+        self.matrix = matrix.astype(dtype, copy=False)
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
-        starts = self.indptr[index]
-        lengths = self.indptr[index + 1] - starts
-        row_of_entry = torch.repeat_interleave(torch.arange(len(index)), lengths)
-        # position of each selected entry in the CSR arrays: its row's start plus its rank within the row
-        first_of_row = torch.cumsum(lengths, 0) - lengths
-        entry = starts[row_of_entry] + torch.arange(int(lengths.sum())) - first_of_row[row_of_entry]
-        dense = torch.zeros(len(index), self.shape[1], dtype=self.data.dtype)
-        # accumulate: entries stored twice in a non-canonical CSR add up, as in SciPy's toarray
-        return dense.index_put_((row_of_entry, self.indices[entry].long()), self.data[entry], accumulate=True)
+        return torch.from_numpy(self.matrix[index.numpy()].toarray())
 
 
 class RegisteredTensors(Dataset):

@@ -422,19 +422,12 @@ class SPVAE(BaseModuleClass):
                 terms = generative_outputs["stacked_terms"][m]
                 # parameters (n_terms * n, features) viewed as (n_terms, n, features) broadcast against x
                 per_sample = {key: value.view(len(terms), n_obs, -1) for key, value in params.items()}
-                log_lik = self._log_likelihood(m, tensors[data_key(name)], per_sample).T  # (n, n_terms)
+                log_lik = (
+                    self.decoders[m].likelihood.log_likelihood(tensors[data_key(name)], per_sample).T
+                )  # (n, n_terms)
                 per_term[:, terms] = torch.where(presence[:, m : m + 1], -log_lik, torch.zeros_like(log_lik))
             reconstruction.append(per_term)
         return reconstruction
-
-    def _log_likelihood(self, m: int, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``log p(x_m | params)`` summed over features; ``params`` may have leading axes (one per term)."""
-        likelihood = self.decoders[m].likelihood
-        log_lik = likelihood.log_kernel(x, params).sum(dim=-1)
-        base_measure = likelihood.log_base_measure(x)  # does not depend on the parameters: computed once
-        if base_measure is not None:
-            log_lik = log_lik + base_measure.sum(dim=-1)
-        return log_lik
 
     def cross_modal_nll(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> torch.Tensor:
         """``(n,)`` negative log-likelihood of each cell's modalities predicted from the other modalities.
@@ -467,7 +460,7 @@ class SPVAE(BaseModuleClass):
                     generative_input["library"][m],
                     generative_input["categorical"],
                 )
-                nll = -self._log_likelihood(m, tensors[data_key(name)], params)
+                nll = -self.decoders[m].likelihood.log_likelihood(tensors[data_key(name)], params)
                 nll_sum[:, m] += torch.where(pair, nll, torch.zeros_like(nll))
                 n_sources[:, m] += pair.to(nll_sum.dtype)
         return (nll_sum / n_sources.clamp(min=1.0)).sum(dim=1)
