@@ -247,6 +247,7 @@ def test_summed_log_likelihood_equals_the_element_wise_one(likelihood, cite_path
         gradients.append({name: p.grad.clone() for name, p in head.named_parameters() if p.grad is not None})
     assert values[0].shape == (2, x.shape[0])
     torch.testing.assert_close(values[1], values[0], rtol=1e-5, atol=1e-3)
-    assert gradients[0].keys() == gradients[1].keys() and gradients[0]
+    assert gradients[0]
+    assert gradients[0].keys() == gradients[1].keys()
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], gradient, rtol=1e-4, atol=1e-4, msg=name)
