@@ -1,18 +1,25 @@
 """Training speed of spvi (each objective) against scvi-tools MULTIVI (RNA+ATAC) and TOTALVI (RNA+protein).
 
-Same simulated data, batch size, hidden width and depth for every model; seconds per epoch are measured on
-the last of ``--epochs`` epochs (the first one warms up). Also reports the matmul FLOPs of one training
-step (counted by ``torch.utils.flop_counter``, forward + backward), the achieved FLOP rate, and the peak
-matmul rate of torch on the same device in the same run.
+Same data, batch size, hidden width and depth for every model: simulated RNA+ATAC or RNA+protein counts
+(``--n-cells``), or the SNARE-seq mouse motor cortex (``mop``: 10,308 nuclei, 1,677 genes, 775 peaks open in
+>= 2% of nuclei, 12 samples as batch covariate, as in the integration benchmark). Seconds per epoch are
+measured on the last of ``--epochs`` epochs (the first one warms up); with ``--steps`` each epoch stops after
+that many minibatches and the epoch time is extrapolated from the time per step. For spvi's objectives in
+``--bare-loop`` the same module is also trained by a bare torch loop (same minibatches from the same data
+loader, the same fused Adam, no Lightning), to measure what the Lightning training plan adds. Also reports
+the matmul FLOPs of one training step (counted by ``torch.utils.flop_counter``, forward + backward), the
+achieved FLOP rate, and the peak matmul rate of torch on the same device in the same run.
 
-Usage: python benchmarks/speed/run_speed.py [--device cpu|cuda] [--n-cells 20000] [--epochs 2] [--batch-size 128]
-       [--precision 32-true|bf16-mixed] [--load-sparse-tensor]
+Usage: python benchmarks/speed/run_speed.py [--device cpu|cuda] [--datasets mop rna_atac rna_protein]
+       [--n-cells 20000] [--epochs 2] [--steps N] [--batch-size 128] [--threads 1]
+       [--precision 32-true|bf16-mixed] [--load-sparse-tensor] [--bare-loop mmvae++]
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import spvi
 
 RESULTS = Path(__file__).parent / "results"
+INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
 N_HIDDEN, N_LAYERS, N_LATENT = 128, 1, 20
 
 
@@ -82,16 +90,38 @@ def step_flops(model, batch_size: int) -> float:
     return float(counter.get_total_flops())
 
 
+def load_dataset(dataset: str, n_cells: int) -> md.MuData:
+    """Counts in ``.X`` of ``rna`` and ``atac``/``protein``; ``obs["batch"]`` for ``mop``."""
+    if dataset == "mop":
+        sys.path.insert(0, str(INTEGRATION))
+        sys.path.insert(0, str(INTEGRATION.parent))
+        from loading import DATA_FILES, SHARED_DATA, load_mop
+
+        mdata = load_mop(SHARED_DATA / DATA_FILES["mop"], min_peak_frac=0.02).mdata
+        for modality in mdata.mod.values():
+            modality.X = modality.layers["counts"]
+        return mdata
+    return simulate_rna_atac(n_cells) if dataset == "rna_atac" else simulate_rna_protein(n_cells)
+
+
+def _batch_key(mdata: md.MuData) -> str | None:
+    return "batch" if "batch" in mdata.obs else None
+
+
 def spvi_model(mdata: md.MuData, dataset: str, objective: str):
-    likelihoods = {"rna": "nb", "atac": "bernoulli"} if dataset == "rna_atac" else {"rna": "nb", "protein": "nbmixture"}
-    spvi.SPVI.setup_mudata(mdata, likelihoods=likelihoods)
+    likelihoods = (
+        {"rna": "nb", "protein": "nbmixture"} if dataset == "rna_protein" else {"rna": "nb", "atac": "bernoulli"}
+    )
+    spvi.SPVI.setup_mudata(mdata, likelihoods=likelihoods, batch_key=_batch_key(mdata))
     n_private = (N_LATENT - 10) // 2
     return spvi.SPVI(mdata, n_shared=10, n_private=n_private, objective=objective, n_hidden=N_HIDDEN, n_layers=N_LAYERS)
 
 
 def reference_model(mdata: md.MuData, dataset: str):
-    if dataset == "rna_atac":
-        scvi.model.MULTIVI.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+    if dataset != "rna_protein":
+        scvi.model.MULTIVI.setup_mudata(
+            mdata, batch_key=_batch_key(mdata), modalities={"rna_layer": "rna", "atac_layer": "atac"}
+        )
         return scvi.model.MULTIVI(
             mdata,
             n_genes=mdata.mod["rna"].n_vars,
@@ -108,7 +138,15 @@ def reference_model(mdata: md.MuData, dataset: str):
     )
 
 
-def time_model(model, device: str, epochs: int, precision: str, batch_size: int, load_sparse_tensor: bool) -> dict:
+def time_model(
+    model,
+    device: str,
+    epochs: int,
+    precision: str,
+    batch_size: int,
+    load_sparse_tensor: bool,
+    steps: int | None = None,
+) -> dict:
     timer = EpochTimer()
     accelerator = "gpu" if device == "cuda" else "cpu"
     # spvi takes load_sparse_tensor as a train() argument; MULTIVI's and TOTALVI's train() would hand it to the
@@ -131,19 +169,52 @@ def time_model(model, device: str, epochs: int, precision: str, batch_size: int,
         enable_progress_bar=False,
         enable_model_summary=False,
         precision=precision,
+        limit_train_batches=steps,
         **sparse_kwargs,
     )
-    seconds = timer.seconds[-1]
     n_cells = model.adata.n_obs
     n_steps = int(np.ceil(n_cells / batch_size))
+    scale = n_steps / min(steps, n_steps) if steps else 1.0  # epochs cut at ``steps`` minibatches
+    seconds = timer.seconds[-1] * scale
     flops = step_flops(model, batch_size)
     return {
         "seconds_per_epoch": seconds,
-        "cpu_seconds_per_epoch": timer.cpu_seconds[-1],
+        "cpu_seconds_per_epoch": timer.cpu_seconds[-1] * scale,
         "cells_per_second": n_cells / seconds,
         "ms_per_step": 1000 * seconds / n_steps,
         "gflop_per_step": flops / 1e9,
         "achieved_gflops": flops * n_steps / seconds / 1e9,
+    }
+
+
+def time_bare_loop(model, batch_size: int, steps: int | None) -> dict:
+    """Seconds per epoch of a bare torch loop over the model's module: its data loader, fused Adam, no Lightning.
+
+    One pass over ``min(steps, steps per epoch)`` minibatches after 5 warm-up steps; KL weight 1.
+    """
+    module = model.module.train()
+    optimizer = model._training_plan_cls(module).get_optimizer_creator()(module.parameters())
+    loader = model._make_data_loader(adata=model.adata, batch_size=batch_size, shuffle=True)
+    n_steps = len(loader)
+    n_timed = min(steps or n_steps, n_steps)
+
+    def run(n: int) -> None:
+        for _, batch in zip(range(n), loader, strict=False):
+            loss = module(batch, loss_kwargs={"kl_weight": 1.0})[2].loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    run(5)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    run(n_timed)
+    scale = n_steps / n_timed
+    seconds = (time.perf_counter() - start) * scale
+    return {
+        "seconds_per_epoch": seconds,
+        "cpu_seconds_per_epoch": (time.process_time() - cpu_start) * scale,
+        "cells_per_second": model.adata.n_obs / seconds,
+        "ms_per_step": 1000 * seconds / n_steps,
     }
 
 
@@ -158,7 +229,11 @@ def main() -> None:
     )
     parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
     parser.add_argument("--objectives", nargs="+", default=list(spvi.OBJECTIVES))
-    parser.add_argument("--datasets", nargs="+", default=["rna_atac", "rna_protein"])
+    parser.add_argument("--datasets", nargs="+", default=["mop", "rna_atac", "rna_protein"])
+    parser.add_argument("--steps", type=int, default=None, help="minibatches per timed epoch (default: all)")
+    parser.add_argument(
+        "--bare-loop", nargs="*", default=["mmvae++"], help="spvi objectives also timed in a bare torch loop"
+    )
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
@@ -174,9 +249,8 @@ def main() -> None:
     print(f"device {device_name}: peak float32 matmul {peak / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
     for dataset in args.datasets:
-        simulate = simulate_rna_atac if dataset == "rna_atac" else simulate_rna_protein
-        mdata = simulate(args.n_cells)
-        reference = "MULTIVI" if dataset == "rna_atac" else "TOTALVI"
+        mdata = load_dataset(dataset, args.n_cells)
+        reference = "TOTALVI" if dataset == "rna_protein" else "MULTIVI"
         candidates = [(f"spvi {objective}", objective) for objective in args.objectives] + [(reference, None)]
         for name, objective in candidates:
             scvi.settings.seed = 0
@@ -184,16 +258,27 @@ def main() -> None:
             model = spvi_model(data, dataset, objective) if objective else reference_model(data, dataset)
             try:
                 result = time_model(
-                    model, args.device, args.epochs, args.precision, args.batch_size, args.load_sparse_tensor
+                    model,
+                    args.device,
+                    args.epochs,
+                    args.precision,
+                    args.batch_size,
+                    args.load_sparse_tensor,
+                    args.steps,
                 )
             except RuntimeError as error:  # e.g. a model that does not support the requested precision
                 result = {"error": str(error).splitlines()[0]}
-            rows.append({"dataset": dataset, "model": name, **result})
+            rows.append({"dataset": dataset, "n_cells": mdata.n_obs, "model": name, **result})
             print(rows[-1], flush=True)
+            if objective in args.bare_loop and "error" not in result:
+                bare = time_bare_loop(model, args.batch_size, args.steps)
+                rows[-1]["lightning_over_bare_loop"] = result["cpu_seconds_per_epoch"] / bare["cpu_seconds_per_epoch"]
+                rows.append({"dataset": dataset, "n_cells": mdata.n_obs, "model": f"{name}, bare torch loop", **bare})
+                print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     for _, group in table.groupby("dataset"):
         # time relative to MULTIVI/TOTALVI (NaN where the reference failed), wall clock and process CPU time
-        reference = group.loc[~group["model"].str.startswith("spvi")].iloc[0]
+        reference = group.loc[group["model"].isin(["MULTIVI", "TOTALVI"])].iloc[0]
         table.loc[group.index, "ratio_to_reference"] = group["seconds_per_epoch"] / reference["seconds_per_epoch"]
         table.loc[group.index, "cpu_time_ratio_to_reference"] = (
             group["cpu_seconds_per_epoch"] / reference["cpu_seconds_per_epoch"]
@@ -204,7 +289,7 @@ def main() -> None:
     table.insert(2, "batch_size", args.batch_size)
     table.insert(3, "sparse_minibatches", args.load_sparse_tensor)
     table["peak_matmul_gflops"] = peak / 1e9
-    table["n_cells"] = args.n_cells
+    table["steps_timed"] = args.steps
     output = args.output or RESULTS / f"speed_{args.device}.csv"
     output.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)

@@ -18,6 +18,7 @@ SPEED_COLUMNS = {
     "gflop_per_step": "GFLOP / step",
     "achieved_gflops": "GFLOP/s achieved",
     "flop_efficiency": "of peak matmul",
+    "lightning_over_bare_loop": "CPU time vs bare torch loop",
 }
 SCALING_COLUMNS = {
     "n_cells": "cells",
@@ -41,7 +42,7 @@ def _speed_section(path: Path) -> str:
         else ""
     )
     lines = [
-        f"### `{path.name}`: {first['device']}, {first['precision']}{batch}{sparse}, {first['n_cells']} cells",
+        f"### `{path.name}`: {first['device']}, {first['precision']}{batch}{sparse}",
         "",
         f"Peak float32 matmul measured in the same run: {first['peak_matmul_gflops']:.0f} GFLOP/s.",
         "",
@@ -50,7 +51,10 @@ def _speed_section(path: Path) -> str:
         shown = group.reindex(columns=list(SPEED_COLUMNS)).rename(columns=SPEED_COLUMNS)
         if "error" in group and group["error"].notna().any():
             shown["note"] = group["error"].fillna("").str.slice(0, 60)
-        lines += [f"**{dataset}**", "", shown.to_markdown(index=False, floatfmt=".3g"), ""]
+        steps = group["steps_timed"].iloc[0] if "steps_timed" in group else None
+        timed = f", epoch time from {int(steps)} minibatches" if pd.notna(steps) else ""
+        heading = f"**{dataset}** ({group['n_cells'].iloc[0]} cells{timed})"
+        lines += [heading, "", shown.dropna(axis=1, how="all").to_markdown(index=False, floatfmt=".3g"), ""]
     return "\n".join(lines)
 
 

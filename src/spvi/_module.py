@@ -36,12 +36,12 @@ def product_of_experts(qz: list[Normal], weights: torch.Tensor) -> Normal:
         expert_precision = weights[:, j : j + 1] / q.scale.pow(2)
         precision = precision + expert_precision
         weighted_mean = weighted_mean + expert_precision * q.loc
-    return Normal(weighted_mean / precision, precision.rsqrt())
+    return Normal(weighted_mean / precision, precision.rsqrt(), validate_args=False)
 
 
 def _standard_normal_kl(q: Normal) -> torch.Tensor:
-    """KL(q || N(0, I)) summed over latent dimensions, ``(n,)``."""
-    return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(-1)
+    """KL(q || N(0, I)) summed over latent dimensions, ``(n,)``: ``(scale^2 + loc^2 - 1) / 2 - log(scale)``."""
+    return (0.5 * (q.scale.pow(2) + q.loc.pow(2) - 1.0) - torch.log(q.scale)).sum(-1)
 
 
 class SPVAE(BaseModuleClass):
