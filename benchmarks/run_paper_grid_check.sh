@@ -5,9 +5,9 @@
 # ~35 min on one idle core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+PY=${PY:-.venv/bin/python}
 ALIGN=${ALIGN:-1.0}
-OUT=benchmarks/results/issue11/paper_grid_alignment${ALIGN}.csv
+OUT=${OUT:-benchmarks/results/issue11/paper_grid_alignment${ALIGN}.csv}
 for n_other in 20 50; do
   $PY benchmarks/paper_r2.py synthetic --n-other $n_other --seeds 0 1 2 3 4 --epochs 300 --early-stopping \
     --objectives mmvae++ mmvae --alignment-weight "$ALIGN" --output "$OUT"
