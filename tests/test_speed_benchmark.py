@@ -52,7 +52,7 @@ def test_speed_benchmark_times_spvi_and_the_scvi_tools_reference(dataset):
 
 def test_scaling_benchmark_trains_from_memory_and_from_disk(tmp_path):
     path = tmp_path / "cells.h5mu"
-    run_scaling.prepare(path, 300)
+    run_scaling.prepare(path, 300, n_genes=50, n_peaks=200)
     for mode in ("memory", "backed"):
         result = run_scaling.train(path, mode, "cpu", steps=2)
         assert result["n_cells"] == 300

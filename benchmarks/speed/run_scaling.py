@@ -7,6 +7,7 @@ at random over all cells; ``--steps`` minibatches are timed and the epoch time i
 measured time per step.
 
 Usage: python benchmarks/speed/run_scaling.py [--device cpu|cuda] [--sizes 10000 50000 200000] [--steps 200]
+       [--n-genes 2000] [--n-peaks 20000]
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def prepare(path: Path, n_cells: int) -> None:
+def prepare(path: Path, n_cells: int, n_genes: int, n_peaks: int) -> None:
     """Simulate ``n_cells`` RNA+ATAC cells and write them to ``path`` (in a process of its own)."""
     import anndata
     from simulate import simulate_rna_atac
 
     anndata.settings.allow_write_nullable_strings = True  # pandas >= 3 makes string indices nullable
-    simulate_rna_atac(n_cells).write(path)
+    simulate_rna_atac(n_cells, n_genes=n_genes, n_peaks=n_peaks).write(path)
 
 
 def train(path: Path, mode: str, device: str, steps: int) -> dict:
@@ -97,13 +98,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 200000])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--n-genes", type=int, default=2000)
+    parser.add_argument("--n-peaks", type=int, default=20000)
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--worker", nargs=3, metavar=("ACTION", "PATH", "ARG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         action, path, arg = args.worker
         if action == "prepare":
-            prepare(Path(path), int(arg))
+            prepare(Path(path), int(arg), args.n_genes, args.n_peaks)
         else:
             print(json.dumps(train(Path(path), arg, args.device, args.steps)))
         return
@@ -113,11 +116,14 @@ def main() -> None:
         for n_cells in args.sizes:
             path = Path(tmp) / f"rna_atac_{n_cells}.h5mu"
             start = time.perf_counter()
-            _run("--worker", "prepare", str(path), str(n_cells))
+            sizes = ("--n-genes", str(args.n_genes), "--n-peaks", str(args.n_peaks))
+            _run(*sizes, "--worker", "prepare", str(path), str(n_cells))
             print(f"simulated {n_cells} cells in {time.perf_counter() - start:.0f} s", flush=True)
             for mode in ("memory", "backed"):
                 output = _run("--device", args.device, "--steps", str(args.steps), "--worker", "train", str(path), mode)
-                rows.append(json.loads(output.strip().splitlines()[-1]))
+                rows.append(
+                    {**json.loads(output.strip().splitlines()[-1]), "n_genes": args.n_genes, "n_peaks": args.n_peaks}
+                )
                 print(rows[-1], flush=True)
             path.unlink()
     table = pd.DataFrame(rows)

@@ -22,6 +22,8 @@ SPEED_COLUMNS = {
 }
 SCALING_COLUMNS = {
     "n_cells": "cells",
+    "n_genes": "genes",
+    "n_peaks": "peaks",
     "mode": "data",
     "ms_per_step": "ms / step",
     "seconds_per_epoch": "s / epoch",
