@@ -422,8 +422,12 @@ class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
         -----
         Large data sets, GPUs and several devices:
 
-        - Sparse data stay sparse: each minibatch densifies only its own rows. ``load_sparse_tensor=True``
-          sends minibatches to the GPU as sparse tensors and densifies them there.
+        - Data in memory are cast once to the tensors training needs and minibatches are cut from them by index
+          (:mod:`spvi._dataloader`; the same minibatches and cell order as scvi-tools' ``AnnDataLoader``, so the
+          same result). Sparse data stay sparse: each minibatch densifies only its own rows.
+          ``load_sparse_tensor=True`` sends minibatches to the GPU as sparse tensors and densifies them there.
+        - Count likelihoods evaluate their zero-count terms on the non-zero entries only, and Adam runs fused;
+          ``torch.compile`` was tried on a training step and not faster on a CPU (see ``benchmarks/speed``).
         - Out of core: open the data with ``mudata.read_h5mu(path, backed=True)`` and train as usual; ``.X``
           of each modality (CSR or dense) is read from disk minibatch by minibatch. A backed modality that
           lacks some cells is loaded into memory to be padded (with a warning).
