@@ -76,6 +76,7 @@ def train(path: Path, mode: str, device: str, steps: int) -> dict:
         "n_cells": n_cells,
         "mode": mode,
         "ms_per_step": 1000 * seconds_per_step,
+        "cpu_ms_per_step": 1000 * timer.cpu_seconds[-1] / steps,
         "seconds_per_epoch": seconds_per_step * np.ceil(n_cells / BATCH_SIZE),
         "peak_rss_gib": _peak_rss_gib(),
         "rss_after_imports_gib": rss_before,

@@ -26,6 +26,7 @@ SCALING_COLUMNS = {
     "n_peaks": "peaks",
     "mode": "data",
     "ms_per_step": "ms / step",
+    "cpu_ms_per_step": "CPU ms / step",
     "seconds_per_epoch": "s / epoch",
     "peak_rss_gib": "peak RSS (GiB)",
     "rss_after_imports_gib": "RSS after imports (GiB)",
