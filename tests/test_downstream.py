@@ -11,6 +11,7 @@ import torch
 
 import spvi
 from spvi._likelihoods import LIKELIHOODS
+from spvi._module import product_of_experts
 
 TRAIN_KWARGS = {"enable_progress_bar": False, "enable_checkpointing": False, "enable_model_summary": False}
 
@@ -284,6 +285,43 @@ def test_marginal_ll_is_finite_and_above_the_elbo(cite):
         assert log_px[rows].mean() > single_sample[rows].mean()  # the bound tightens with the number of samples
     with pytest.raises(ValueError, match="n_mc_samples must be a positive int"):
         model.get_marginal_ll(n_mc_samples=0)
+
+
+@pytest.mark.parametrize("objective", spvi.OBJECTIVES)
+def test_draws_and_density_of_every_objectives_joint_posterior(objective):
+    md.set_options(pull_on_update=False)
+    mdata = spvi.datasets.pbmc_cite_mosaic()
+    kinds = [_present(mdata, "rna") & ~_present(mdata, "protein"), ~_present(mdata, "rna"), mdata.obs["paired"]]
+    cells = np.concatenate([np.flatnonzero(np.asarray(kind, dtype=bool))[:50] for kind in kinds])
+    mdata = mdata[mdata.obs_names[cells]].copy()
+    scvi.settings.seed = 0
+    spvi.SPVI.setup_mudata(mdata, modalities=["rna", "protein"], layers={"rna": "counts", "protein": "counts"})
+    model = spvi.SPVI(mdata, n_shared=3, n_private=2, objective=objective)
+    model.train(max_epochs=1, **TRAIN_KWARGS)
+    module = model.module.eval()
+    tensors = next(iter(model._make_data_loader(model.adata, batch_size=150)))
+    with torch.no_grad():
+        outputs = module.inference(**module._get_inference_input(tensors))
+        qz, presence = outputs["qz_shared"], outputs["presence"]
+        z = module.sample_shared_posterior(qz, presence, 4000)
+        log_q = module.shared_posterior_log_prob(qz, presence, z[:3])
+    # the draws' mean is the embedding; the density is the objective's posterior written out
+    torch.testing.assert_close(z.mean(dim=0), module.shared_posterior_mean(qz, presence), atol=0.08, rtol=0)
+    experts = [q.log_prob(z[:3]).sum(-1) for q in qz]
+    paired = presence.all(dim=1)
+    if objective in ("mmvae++", "mmvae"):
+        expected = torch.where(paired, torch.logaddexp(*experts) - np.log(2), torch.where(presence[:, 0], *experts))
+    elif objective == "mvae":
+        expected = product_of_experts(qz, presence.float()).log_prob(z[:3]).sum(-1)
+    else:  # MoPoE-VAE: the observed single experts (each times the prior) and, for paired cells, their product
+        singles = [product_of_experts([q], torch.ones(150, 1)).log_prob(z[:3]).sum(-1) for q in qz]
+        both = product_of_experts(qz, torch.ones(150, 2)).log_prob(z[:3]).sum(-1)
+        expected = torch.where(
+            paired, torch.logsumexp(torch.stack([*singles, both]), 0) - np.log(3), torch.where(presence[:, 0], *singles)
+        )
+    torch.testing.assert_close(log_q, expected, rtol=1e-4, atol=1e-4)
+    log_px = model.get_marginal_ll(n_mc_samples=20, return_mean=False)
+    assert torch.isfinite(log_px).all()
 
 
 # ---------------------------------------------------------------------- other likelihoods

@@ -251,10 +251,9 @@ class ExpressionMixin:
         properties = {f"{name}{group}": statistics[f"{name}{group}"] for name in names for group in "12"}
         return properties
 
-    def _de_masks(
-        self, mdata: MuData, idx: Sequence[int] | Sequence[bool] | np.ndarray | str | None
-    ) -> np.ndarray | None:
-        """A cell selection for DE as positions or a mask; a query string is evaluated on the user's ``obs``."""
+    @staticmethod
+    def _cells(mdata: MuData, idx: Sequence[int] | Sequence[bool] | np.ndarray | str | None):
+        """A cell selection for DE as given (positions or a mask), or a query string evaluated on the user's obs."""
         if isinstance(idx, str):
             return np.asarray(mdata.obs_names.isin(mdata.obs.query(idx).index))
         return idx
@@ -376,8 +375,8 @@ class ExpressionMixin:
                 None if idx1 is not None else _GROUP_KEY,
                 group1,
                 group2,
-                self._de_masks(user_mdata, idx1),
-                self._de_masks(user_mdata, idx2),
+                self._cells(user_mdata, idx1),
+                self._cells(user_mdata, idx2),
                 all_stats,
                 all_stats_fn,
                 registered.mod[name].var_names,
