@@ -146,7 +146,7 @@ def test_normalized_expression_errors(cite):
         model.get_normalized_expression(modality="atac")
     with pytest.raises(ValueError, match="source must name modalities"):
         model.get_normalized_expression(modality="rna", source="adt")
-    for library_size in (0, -1.0, "observed"):
+    for library_size in (0, -1.0, "observed", None, float("nan")):
         with pytest.raises(ValueError, match="library_size must be 'latent' or a positive number"):
             model.get_normalized_expression(modality="rna", library_size=library_size)
     with pytest.raises(ValueError, match="n_samples must be a positive int"):

@@ -54,7 +54,7 @@ class ExpressionMixin:
     def _check_library_size(self, target: int, library_size: float | str) -> None:
         if library_size == "latent":
             return
-        if isinstance(library_size, str) or not np.isfinite(library_size) or library_size <= 0:
+        if not isinstance(library_size, int | float | np.number) or not np.isfinite(library_size) or library_size <= 0:
             raise ValueError(f"library_size must be 'latent' or a positive number, got {library_size!r}")
         if self.module.decoders[target].likelihood.learns_depth and library_size > 1:
             raise ValueError(
