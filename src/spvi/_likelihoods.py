@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 
 import torch
-from scvi.distributions import NegativeBinomialMixture, ZeroInflatedNegativeBinomial
+from scvi.distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
 from torch import nn
 from torch.nn import functional as F
 
@@ -140,6 +140,19 @@ class LikelihoodHead(nn.Module):
         """Mean of the likelihood on the data scale."""
         raise NotImplementedError
 
+    def denoised_mean(self, params: dict[str, torch.Tensor], include_background: bool = False) -> torch.Tensor:
+        """Mean without the likelihood's technical components (what ``get_normalized_expression`` returns).
+
+        The mean of the likelihood for most heads; without the zero inflation for ``zinb`` (scVI's normalised
+        expression) and, unless ``include_background``, without the background component for ``nbmixture``
+        (totalVI's ``include_protein_background``).
+        """
+        return self.expected_value(params)
+
+    def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One draw from the likelihood per entry of the parameters, on the data scale."""
+        raise NotImplementedError
+
 
 class _SoftmaxRateHead(LikelihoodHead):
     """Shared part of NB, ZINB and Poisson: ``rate = library * softmax(W h + b)``."""
@@ -209,6 +222,9 @@ class NegativeBinomialHead(_SoftmaxRateHead):
     def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
         return -torch.lgamma(x + 1)
 
+    def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return NegativeBinomial(mu=params["rate"] + _EPS, theta=params["theta"]).sample()
+
 
 class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
     """Zero-inflated negative binomial, as in scVI."""
@@ -236,6 +252,14 @@ class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return params["rate"] * torch.sigmoid(-params["zi_logits"])
 
+    def denoised_mean(self, params: dict[str, torch.Tensor], include_background: bool = False) -> torch.Tensor:
+        return params["rate"]  # the zero inflation is technical (scVI's normalised expression leaves it out)
+
+    def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ZeroInflatedNegativeBinomial(
+            mu=params["rate"] + _EPS, theta=params["theta"], zi_logits=params["zi_logits"]
+        ).sample()
+
 
 class PoissonHead(_SoftmaxRateHead):
     """Poisson with rate ``library * softmax``."""
@@ -253,6 +277,9 @@ class PoissonHead(_SoftmaxRateHead):
 
     def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
         return -torch.lgamma(x + 1)
+
+    def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.poisson(params["rate"])
 
 
 class BernoulliHead(LikelihoodHead):
@@ -300,6 +327,9 @@ class BernoulliHead(LikelihoodHead):
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.exp(params["log_p"])
 
+    def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.bernoulli(torch.exp(params["log_p"]))
+
 
 class NegativeBinomialMixtureHead(LikelihoodHead):
     """Background/foreground NB mixture for protein counts, as in totalVI.
@@ -338,8 +368,20 @@ class NegativeBinomialMixtureHead(LikelihoodHead):
         return distribution.log_prob(x)
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.denoised_mean(params, include_background=True)
+
+    def denoised_mean(self, params: dict[str, torch.Tensor], include_background: bool = False) -> torch.Tensor:
         weight_background = torch.sigmoid(params["logits"])
-        return weight_background * params["background"] + (1.0 - weight_background) * params["foreground"]
+        foreground = (1.0 - weight_background) * params["foreground"]
+        return foreground + weight_background * params["background"] if include_background else foreground
+
+    def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return NegativeBinomialMixture(
+            mu1=params["background"] + _EPS,
+            mu2=params["foreground"] + _EPS,
+            theta1=params["theta"],
+            mixture_logits=params["logits"],
+        ).sample()
 
 
 class GaussianHead(LikelihoodHead):
@@ -388,6 +430,10 @@ class GaussianHead(LikelihoodHead):
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return params["loc"] * self.feature_scale + self.feature_mean
+
+    def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        standardized = torch.normal(params["loc"], params["scale"].expand_as(params["loc"]))
+        return standardized * self.feature_scale + self.feature_mean
 
 
 #: Likelihood name -> decoder head class. The names are the public values of ``likelihoods=`` in

@@ -33,10 +33,12 @@ from spvi._constants import (
 )
 from spvi._data import build_registered_mudata, check_setup_arguments, column_mean_and_scale, row_sums
 from spvi._dataloader import SPVIDataSplitter, make_data_loader
+from spvi._expression_mixin import ExpressionMixin
 from spvi._likelihoods import LIKELIHOODS, GaussianHead
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
 from spvi._trainingplan import RestoreBestState, SPVITrainingPlan
+from spvi._vae_mixin import VAEMixin
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _saved_format_version(dir_path: str) -> int | None:
     return saved.get(SAVE_KEYS.ATTR_DICT_KEY, {}).get("format_version_")
 
 
-class SPVI(UnsupervisedTrainingMixin, BaseModelClass):
+class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Shared-private multimodal VAE (MMVAE++ of Märtens & Yau 2023, with MVAE, MMVAE and MoPoE-VAE).
 
     The latent space is partitioned into ``[z_shared, z_private_1, ..., z_private_M]``: ``z_shared``

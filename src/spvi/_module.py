@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
@@ -531,3 +533,141 @@ class SPVAE(BaseModuleClass):
         inference_outputs = self.inference(**self._get_inference_input(tensors))
         z_shared = self.shared_posterior_mean(inference_outputs["qz_shared"], inference_outputs["presence"])
         return torch.softmax(self.classifier(z_shared), dim=-1)
+
+    # ------------------------------------------------------------------ sampling: denoised values, marginal likelihood
+    def _posterior_components(
+        self, qz_shared: list[Normal], presence: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Components of the joint posterior of ``z_shared`` given the modalities in ``presence``.
+
+        Returns their means and standard deviations, ``(C, n, n_shared)``, and which are valid for each cell,
+        ``(n, C)`` bool. The joint posterior is the uniform mixture of a cell's valid components (one component,
+        the product of experts, for MVAE), the distribution whose mean :meth:`shared_posterior_mean` gives.
+        """
+        locs, scales, valid = [], [], []
+        for term in self.objective.posterior:
+            posterior = self._term_posterior(term, qz_shared, self._term_experts(term, presence))
+            locs.append(posterior.loc)
+            scales.append(posterior.scale)
+            valid.append(self._term_is_valid(term, presence))
+        return torch.stack(locs), torch.stack(scales), torch.stack(valid, dim=1)
+
+    def sample_shared_posterior(self, qz_shared: list[Normal], presence: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """``(n_samples, n, n_shared)`` draws from the joint posterior of ``z_shared``; ``NaN`` for cells without any."""
+        loc, scale, valid = self._posterior_components(qz_shared, presence)
+        has_component = valid.any(dim=1, keepdim=True)
+        weights = torch.where(has_component, valid, torch.ones_like(valid)).to(loc.dtype)
+        component = torch.multinomial(weights, n_samples, replacement=True).T  # (n_samples, n)
+        cells = torch.arange(loc.shape[1], device=loc.device)
+        z = loc[component, cells] + scale[component, cells] * torch.randn_like(loc[component, cells])
+        return torch.where(has_component, z, torch.full_like(z, float("nan")))
+
+    def shared_posterior_log_prob(
+        self, qz_shared: list[Normal], presence: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
+        """``(n_samples, n)`` log density of ``z`` (``(n_samples, n, n_shared)``) under the joint posterior."""
+        loc, scale, valid = self._posterior_components(qz_shared, presence)
+        log_prob = Normal(loc.unsqueeze(1), scale.unsqueeze(1)).log_prob(z.unsqueeze(0)).sum(-1)  # (C, n_samples, n)
+        log_prob = torch.where(valid.T.unsqueeze(1), log_prob, torch.full_like(log_prob, float("-inf")))
+        return torch.logsumexp(log_prob, dim=0) - torch.log(valid.sum(dim=1).to(log_prob.dtype))
+
+    def _decode_samples(
+        self,
+        target: int,
+        z_shared: torch.Tensor,
+        z_private: torch.Tensor,
+        marginal: torch.Tensor,
+        library: torch.Tensor,
+        categorical: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Likelihood parameters ``(n_samples, n, features)`` of ``target`` for latents ``(n_samples, n, .)``."""
+        n_samples, n_obs = z_shared.shape[:2]
+        z = torch.cat([z_shared, z_private], dim=-1).reshape(n_samples * n_obs, -1)
+        params = self.decoders[target](
+            z,
+            library.repeat(n_samples, 1),
+            marginal.repeat(n_samples, 1),
+            *(c.repeat(n_samples, 1) for c in categorical),
+        )
+        return {key: value.reshape(n_samples, n_obs, -1) for key, value in params.items()}
+
+    @torch.inference_mode()
+    @auto_move_data
+    def sample_target_params(
+        self,
+        tensors: dict[str, torch.Tensor],
+        sources: list[int],
+        target: int,
+        n_samples: int = 1,
+        library: torch.Tensor | None = None,
+        batch: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Likelihood parameters of modality ``target``, ``(n_samples, n, features)``, at posterior draws of the latents.
+
+        ``z_shared`` is drawn from the joint posterior given the cell's observed modalities among ``sources``
+        (``NaN`` rows for cells with none of them). The target's private block is drawn from its posterior where
+        the target is observed and among the sources; otherwise it is at its prior mean 0 with the cross-modal
+        dispersion, as in :meth:`predict_target`. ``library`` (``(n, 1)``) overrides the target's per-cell scale
+        (default :meth:`cell_library`); ``batch`` decodes every cell as if it came from that batch (code).
+        """
+        inference_outputs = self.inference(**self._get_inference_input(tensors))
+        presence = inference_outputs["presence"]
+        source_mask = torch.zeros_like(presence)
+        source_mask[:, sources] = True
+        observed_sources = presence & source_mask
+        z_shared = self.sample_shared_posterior(inference_outputs["qz_shared"], observed_sources, n_samples)
+        use_private = observed_sources[:, target : target + 1]
+        private_sample = inference_outputs["qz_private"][target].sample((n_samples,))
+        z_private = torch.where(use_private, private_sample, torch.zeros_like(private_sample))
+        if library is None:
+            x = tensors[data_key(self.modalities[target])]
+            library = self.cell_library(target, x, presence[:, target : target + 1])
+        categorical = self._categorical(tensors)
+        if batch is not None:
+            categorical[0] = torch.full_like(categorical[0], batch)
+        return self._decode_samples(target, z_shared, z_private, ~use_private, library, categorical)
+
+    @torch.inference_mode()
+    @auto_move_data
+    def marginal_ll(
+        self,
+        tensors: dict[str, torch.Tensor],
+        n_mc_samples: int = 1000,
+        return_mean: bool = False,
+        n_mc_samples_per_pass: int = 100,
+    ) -> torch.Tensor:
+        """Importance-sampled ``log p(x)`` of each cell's observed modalities, ``(n,)`` (or its mean).
+
+        The generative model: ``z_shared`` and every private block standard normal, each observed modality
+        ``m`` drawn from ``p(x_m | z_shared, z_private_m)`` (the conditional dispersion). The proposal is the
+        joint posterior of ``z_shared`` (the uniform mixture of the objective's valid components) times the
+        private posteriors of the observed modalities; a missing modality and its private block integrate out.
+        ``log p(x) ~ logsumexp_k(log w_k) - log K`` with ``K = n_mc_samples`` and
+        ``w = p(x | z) p(z) / q(z | x)``, a lower bound in expectation that tightens as ``K`` grows.
+        """
+        inference_outputs = self.inference(**self._get_inference_input(tensors))
+        qz_shared, qz_private = inference_outputs["qz_shared"], inference_outputs["qz_private"]
+        presence = inference_outputs["presence"]
+        x = [tensors[data_key(name)] for name in self.modalities]
+        library = [self.cell_library(m, x[m], presence[:, m : m + 1]) for m in range(self.n_modalities)]
+        categorical = self._categorical(tensors)
+        conditional = torch.zeros_like(presence[:, :1])
+        log_weights = []
+        for start in range(0, n_mc_samples, n_mc_samples_per_pass):
+            n_samples = min(n_mc_samples_per_pass, n_mc_samples - start)
+            z_shared = self.sample_shared_posterior(qz_shared, presence, n_samples)
+            log_w = Normal(0.0, 1.0).log_prob(z_shared).sum(-1) - self.shared_posterior_log_prob(
+                qz_shared, presence, z_shared
+            )
+            for m in range(self.n_modalities):
+                z_private = qz_private[m].sample((n_samples,))
+                params = self._decode_samples(m, z_shared, z_private, conditional, library[m], categorical)
+                log_w_m = (
+                    self._log_likelihood(m, x[m], params)
+                    + Normal(0.0, 1.0).log_prob(z_private).sum(-1)
+                    - qz_private[m].log_prob(z_private).sum(-1)
+                )
+                log_w = log_w + torch.where(presence[:, m], log_w_m, torch.zeros_like(log_w_m))
+            log_weights.append(log_w)
+        log_px = torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(n_mc_samples)
+        return log_px.mean() if return_mean else log_px
