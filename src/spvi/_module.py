@@ -663,7 +663,7 @@ class SPVAE(BaseModuleClass):
                 z_private = qz_private[m].sample((n_samples,))
                 params = self._decode_samples(m, z_shared, z_private, conditional, library[m], categorical)
                 log_w_m = (
-                    self._log_likelihood(m, x[m], params)
+                    self.decoders[m].likelihood.log_likelihood(x[m], params)
                     + Normal(0.0, 1.0).log_prob(z_private).sum(-1)
                     - qz_private[m].log_prob(z_private).sum(-1)
                 )
