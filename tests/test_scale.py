@@ -200,11 +200,12 @@ def test_checks_read_in_blocks_find_problems_in_any_block(monkeypatch, sparse):
     values[:, 4] = 2.0  # constant over all blocks
     convert = sp.csr_matrix if sparse else np.asarray
     assert len(list(_data.row_blocks(values))) == 4
-    with pytest.warns(UserWarning, match="1 constant features .* column 4"):
-        assert _data.check_matrix(convert(values), "rna", None, None) == "nb"
+    names = pd.Index([f"gene{j}" for j in range(10)])
+    with pytest.warns(UserWarning, match=r"1 constant features \(zero variance\), e.g. \['gene4'\]"):
+        assert _data.check_matrix(convert(values), "rna", None, None, names) == "nb"
     values[10, 7] = 0.5  # non-integer in the last block only
     with pytest.warns(UserWarning, match="constant"):
-        assert _data.check_matrix(convert(values), "rna", None, None) == "gaussian"
+        assert _data.check_matrix(convert(values), "rna", None, None, names) == "gaussian"
     with pytest.raises(ValueError, match="non-integer"):
         _data.check_matrix(convert(values), "rna", None, "nb")
     values[9, 1] = np.inf
