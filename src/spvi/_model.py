@@ -44,7 +44,7 @@ from spvi._logging import (
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
 from spvi._query_mixin import QueryMixin
-from spvi._trainingplan import RestoreBestState, SPVITrainingPlan
+from spvi._trainingplan import RestoreBestState, RNGStateCheckpoint, SPVITrainingPlan
 
 logger = logging.getLogger(__name__)
 
@@ -361,20 +361,20 @@ class SPVI(QueryMixin, UnsupervisedTrainingMixin, BaseModelClass):
         """The registered (padded) MuData for a user's MuData; new data is checked and padded first."""
         if adata is None or adata is self.adata:
             return super()._validate_anndata(self.adata, copy_if_view=copy_if_view)
-        if adata not in self._registered:
-            # pad the new MuData and register it with the training data's categories and feature order
-            setup_args = self.adata_manager.registry[_SETUP_ARGS_KEY]
-            try:
+        try:
+            if adata not in self._registered:
+                # pad the new MuData and register it with the training data's categories and feature order
+                setup_args = self.adata_manager.registry[_SETUP_ARGS_KEY]
                 self.setup_mudata(adata, source_registry=self.adata_manager.registry, **setup_args)
-            except ValueError as error:
-                if "extend_categories" not in str(error):
-                    raise
-                raise ValueError(
-                    f"{error} The data has a batch or covariate category the model was not trained on: map it "
-                    "as a query with SPVI.load_query_data(mdata, model) and train that"
-                ) from error
-            self._register_manager_for_instance(self._get_most_recent_anndata_manager(self._registered[adata]))
-        return super()._validate_anndata(self._registered[adata], copy_if_view=copy_if_view)
+                self._register_manager_for_instance(self._get_most_recent_anndata_manager(self._registered[adata]))
+            return super()._validate_anndata(self._registered[adata], copy_if_view=copy_if_view)
+        except ValueError as error:
+            if "extend_categories" not in str(error):
+                raise
+            raise ValueError(
+                f"{error} The data has a batch or covariate category the model was not trained on: map it as a "
+                "query with SPVI.load_query_data(mdata, model) and train that"
+            ) from error
 
     # ------------------------------------------------------------------ training
     def train(
@@ -463,6 +463,12 @@ class SPVI(QueryMixin, UnsupervisedTrainingMixin, BaseModelClass):
         - Mixed precision: ``precision="bf16-mixed"`` is passed to Lightning; at the default sizes training is
           bound by per-step overhead rather than arithmetic and was not faster on an H100 (see
           ``benchmarks/speed``).
+        Resuming: with ``enable_checkpointing=True`` (which needs a validation set, ``train_size < 1``, as
+        scvi-tools' checkpoint callback monitors the validation loss) checkpoints are written; ``train(..., ckpt_path=path)`` on a new model with
+        the same seed resumes from one. The random number generators are saved in the checkpoint, so with the
+        same training arguments (``max_epochs`` sets the default KL warm-up) the resumed run gives the same
+        parameters as an uninterrupted one (tested on CPU). ``history`` then holds only the resumed epochs.
+
         Lightning's start-up lines ("GPU available", "TPU available", "HPU available", "LOCAL_RANK", tips)
         are not shown; ``logging.getLogger("spvi").setLevel(logging.DEBUG)`` shows them again. A model from
         :meth:`load_query_data` trains with ``weight_decay=0`` unless ``plan_kwargs`` say otherwise.
@@ -485,6 +491,7 @@ class SPVI(QueryMixin, UnsupervisedTrainingMixin, BaseModelClass):
             **({"weight_decay": 0.0} if self._reference_frozen else {}),
             **(plan_kwargs or {}),
         }
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), RNGStateCheckpoint()]
         if keep_best:
             if train_size >= 1.0 and not validation_size:
                 raise ValueError("keep_best needs a validation set: set train_size < 1 or validation_size")
@@ -740,7 +747,14 @@ class SPVI(QueryMixin, UnsupervisedTrainingMixin, BaseModelClass):
         return pd.DataFrame(probabilities, index=self._obs_names(registered, indices), columns=self.label_categories)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, dir_path: str, overwrite: bool = False, save_mudata: bool = False, **save_kwargs) -> None:
+    def save(
+        self,
+        dir_path: str,
+        overwrite: bool = False,
+        save_mudata: bool = False,
+        save_kwargs: dict | None = None,
+        save_anndata: bool | None = None,
+    ) -> None:
         """Save the model (and optionally the training MuData) to a directory, atomically.
 
         The files are written to a temporary directory beside ``dir_path`` and renamed into place when
@@ -757,9 +771,13 @@ class SPVI(QueryMixin, UnsupervisedTrainingMixin, BaseModelClass):
             Replace an existing directory; otherwise an existing ``dir_path`` is an error.
         save_mudata
             Also write the training MuData as ``mdata.h5mu`` (then :meth:`load` needs no MuData).
-        **save_kwargs
-            Passed to :func:`torch.save`.
+        save_kwargs
+            Keyword arguments of :func:`torch.save`.
+        save_anndata
+            Alias of ``save_mudata`` (scvi-tools' name, used by its checkpoint callback).
         """
+        if save_anndata is not None:
+            save_mudata = save_anndata
         dir_path = os.path.abspath(dir_path)
         if os.path.exists(dir_path) and not overwrite:
             raise FileExistsError(f"{dir_path} already exists; pass overwrite=True to replace it")

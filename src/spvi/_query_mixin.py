@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from copy import deepcopy
 
 import numpy as np
@@ -17,7 +18,7 @@ from scvi.model.base._save_load import _initialize_model, _load_saved_files
 from scvi.nn import FCLayers
 
 from spvi._constants import data_key
-from spvi._logging import no_pull_on_update, warn
+from spvi._logging import SCVI_LOAD_LINES, no_pull_on_update, quiet_lines, warn
 
 #: Below this fraction of a modality's reference features in the query, :meth:`prepare_query_mudata` warns.
 MIN_FEATURE_FRACTION = 0.8
@@ -25,8 +26,12 @@ MIN_FEATURE_FRACTION = 0.8
 
 def _reference_attributes(reference_model, device) -> tuple[dict, dict[str, torch.Tensor]]:
     """The saved attributes (with ``registry_`` and ``init_params_``) and parameters of a reference model."""
-    if isinstance(reference_model, str):
-        attr_dict, _, state_dict, _ = _load_saved_files(reference_model, load_adata=False, map_location=device)
+    if isinstance(reference_model, str | os.PathLike):
+        with quiet_lines(SCVI_LOAD_LINES):
+            attr_dict, _, state_dict, _ = _load_saved_files(
+                os.fspath(reference_model), load_adata=False, map_location=device
+            )
+        state_dict.pop("pyro_param_store", None)
         return attr_dict, state_dict
     attr_dict = {name: value for name, value in reference_model._get_user_attributes() if name.endswith("_")}
     return deepcopy(attr_dict), deepcopy(reference_model.module.state_dict())
@@ -104,7 +109,7 @@ class QueryMixin:
         mdata
             The query MuData.
         reference_model
-            A trained :class:`~spvi.SPVI` or the directory it was saved to.
+            A trained :class:`~spvi.SPVI` or the directory it was saved to (:meth:`save`).
         return_reference_var_names
             Only return the reference's feature names, ``{modality: Index}``.
         inplace
