@@ -326,7 +326,8 @@ def build_registered_mudata(
         ``mdata.obs`` column of labels, copied with unlabelled cells mapped to one category.
     feature_order
         Feature names per modality that a trained model expects (new data for the model); columns are
-        reordered to match, and a modality that ``mdata`` lacks is added with all its cells marked absent.
+        reordered to match, and a modality that ``mdata`` lacks (or that has no cells) is added with all its
+        cells marked absent.
 
     Returns
     -------
@@ -337,7 +338,8 @@ def build_registered_mudata(
     presence = np.zeros((mdata.n_obs, len(modalities)), dtype=np.float32)
     padded_modalities, resolved_likelihoods = {}, {}
     for m, modality in enumerate(modalities):
-        if modality not in mdata.mod:  # new data for a model: a modality none of its cells has
+        absent = modality not in mdata.mod or mdata.mod[modality].n_obs == 0
+        if feature_order is not None and absent:  # new data for a model: a modality none of its cells has
             n_features = len(feature_order[modality])
             matrix = sp.csr_matrix((mdata.n_obs, n_features), dtype=np.float32)
             padded_modalities[modality] = AnnData(
