@@ -155,7 +155,7 @@ def test_backed_mudata_trains_from_disk_like_in_memory(tmp_path):
     # the registered data are the on-disk arrays themselves, not copies in memory
     assert all(_data.is_on_disk(backed_model.adata.mod[m].X) for m in ("rna", "prot"))
     np.testing.assert_allclose(backed_latent, memory_latent, rtol=1e-5, atol=1e-6)
-    prediction = backed_model.predict(source="rna", target="prot")
+    prediction = backed_model.predict(source="rna", target="prot", return_numpy=True)
     assert prediction.shape == (240, 15)
     assert np.isfinite(prediction).all()
 
