@@ -25,7 +25,8 @@ predicts the query cells' types; accuracy and balanced accuracy (``sklearn``). F
 
 Usage::
 
-    python benchmarks/query_mapping.py --datasets cite mop --seeds 0 1 2 --mop-seeds 0
+    python benchmarks/query_mapping.py --datasets cite mop --seeds 0 1 2 --mop-seeds 0 --reference-epochs 40 \
+        --query-epochs 20
 
 Rows go to ``benchmarks/results/query_mapping.csv`` and the table to ``query_mapping_summary.md``.
 """
@@ -58,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", default=["cite", "mop"], choices=["cite", "mop"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for cite")
     parser.add_argument("--mop-seeds", type=int, nargs="+", default=[0], help="seeds for mop")
-    parser.add_argument("--reference-epochs", type=int, default=60)
-    parser.add_argument("--query-epochs", type=int, default=30)
+    parser.add_argument("--reference-epochs", type=int, default=40)
+    parser.add_argument("--query-epochs", type=int, default=20)
     parser.add_argument("--encode-covariates", nargs="+", type=int, default=[0, 1], choices=[0, 1])
     parser.add_argument("--query-samples", type=int, default=3, help="mop samples held out as the query")
     parser.add_argument("--mop-cells", type=int, help="subsample mop to this many nuclei (smoke)")
@@ -189,6 +190,19 @@ def summarize(frame: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".3f")
 
 
+def write(frame: pd.DataFrame, args: argparse.Namespace, argv: list[str] | None) -> None:
+    """The rows so far as CSV and the summary table as markdown (after every run, so partial results survive)."""
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.output, index=False)
+    summary = args.output.with_name(args.output.stem + "_summary.md")
+    command = " ".join(["python benchmarks/query_mapping.py", *(argv or [])])
+    summary.write_text(
+        "# Query mapping: kNN (k=15) cell-type transfer from reference to query z_shared\n\n"
+        f"`{command}` (reference {args.reference_epochs} epochs, query {args.query_epochs} epochs; the script's "
+        "docstring says what each method is)\n\n" + summarize(frame) + "\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -199,18 +213,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         for seed in args.seeds if name == "cite" else args.mop_seeds:
             for encode_covariates in args.encode_covariates:
                 rows += run_one(name, dataset.mdata, seed, bool(encode_covariates), args)
-    frame = pd.DataFrame(rows)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.output, index=False)
-    summary = args.output.with_name(args.output.stem + "_summary.md")
-    command = " ".join(["python benchmarks/query_mapping.py", *(argv or [])])
-    summary.write_text(
-        "# Query mapping: kNN (k=15) cell-type transfer from reference to query z_shared\n\n"
-        f"`{command}` (reference {args.reference_epochs} epochs, query {args.query_epochs} epochs; the script's "
-        "docstring says what each method is)\n\n" + summarize(frame) + "\n"
-    )
-    print(summary.read_text())
-    return frame
+                write(pd.DataFrame(rows), args, argv)
+    print(args.output.with_name(args.output.stem + "_summary.md").read_text())
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":

@@ -463,11 +463,14 @@ class SPVI(QueryMixin, UnsupervisedTrainingMixin, BaseModelClass):
         - Mixed precision: ``precision="bf16-mixed"`` is passed to Lightning; at the default sizes training is
           bound by per-step overhead rather than arithmetic and was not faster on an H100 (see
           ``benchmarks/speed``).
+
         Resuming: with ``enable_checkpointing=True`` (which needs a validation set, ``train_size < 1``, as
-        scvi-tools' checkpoint callback monitors the validation loss) checkpoints are written; ``train(..., ckpt_path=path)`` on a new model with
-        the same seed resumes from one. The random number generators are saved in the checkpoint, so with the
-        same training arguments (``max_epochs`` sets the default KL warm-up) the resumed run gives the same
-        parameters as an uninterrupted one (tested on CPU). ``history`` then holds only the resumed epochs.
+        scvi-tools' checkpoint callback monitors the validation loss) checkpoints are written;
+        ``train(..., ckpt_path=path)`` on a new model with the same seed resumes from one. The random number
+        generators are saved in the checkpoint, so with the same training arguments (``max_epochs`` sets the
+        default KL warm-up) the resumed run gives the same parameters as an uninterrupted one (tested on CPU;
+        without the saved generators the minibatch order and the sampling noise after the restart differ).
+        ``history`` then holds only the resumed epochs.
 
         Lightning's start-up lines ("GPU available", "TPU available", "HPU available", "LOCAL_RANK", tips)
         are not shown; ``logging.getLogger("spvi").setLevel(logging.DEBUG)`` shows them again. A model from

@@ -182,7 +182,8 @@ class QueryMixin:
 
         The query may have all or only some of the reference's modalities (a missing one counts as
         unmeasured for every query cell). Give each modality the reference's features first, e.g. with
-        :meth:`prepare_query_mudata`.
+        :meth:`prepare_query_mudata`. A query whose batches the reference has all seen has nothing to train:
+        embed it with the reference model directly.
 
         Parameters
         ----------
