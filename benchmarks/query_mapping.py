@@ -21,7 +21,9 @@ reference for ``--reference-epochs``. The query's ``z_shared`` is then obtained 
 
 Metric: a kNN classifier (k=15, Euclidean) fitted on the reference cells' ``z_shared`` with their ``cell_type``
 predicts the query cells' types; accuracy and balanced accuracy (``sklearn``). For ``surgery`` and
-``no surgery`` the reference cells are embedded by the reference model.
+``no surgery`` the reference cells are embedded by the reference model. Block ``all`` (``[z_shared, z_private_1,
+...]``, ``kind="all"``) is scored too where every reference and query cell has every modality (mop with both
+modalities; on mop ``z_shared`` alone holds little of the cell-type structure, see ``integration/``).
 
 Usage::
 
@@ -51,6 +53,7 @@ import spvi
 RESULTS = Path(__file__).resolve().parent / "results"
 K = 15
 LIKELIHOODS = {"cite": {"rna": "nb", "protein": "nbmixture"}, "mop": {"rna": "nb", "atac": "bernoulli"}}
+BLOCKS = ("shared", "all")
 TRAIN_KWARGS = {"batch_size": 128, "enable_progress_bar": False, "enable_checkpointing": False}
 
 
@@ -113,6 +116,20 @@ def knn_scores(z_reference: np.ndarray, labels_reference, z_query: np.ndarray, l
     }
 
 
+def latents(model: spvi.SPVI, mdata: md.MuData | None = None) -> dict[str, np.ndarray]:
+    """``z_shared`` and the whole latent ``[z_shared, z_private_1, ...]`` (NaN rows where a modality is absent)."""
+    return {block: model.get_latent_representation(mdata, kind=block) for block in BLOCKS}
+
+
+def scored_rows(row: dict, reference: dict, labels_reference, query: dict, labels_query) -> list[dict]:
+    """One row per block; a block with NaN rows (cells without a modality's private block) is not scored."""
+    return [
+        row | {"block": block} | knn_scores(reference[block], labels_reference, query[block], labels_query)
+        for block in BLOCKS
+        if not (np.isnan(reference[block]).any() or np.isnan(query[block]).any())
+    ]
+
+
 def run_one(name: str, mdata: md.MuData, seed: int, encode_covariates: bool, args: argparse.Namespace) -> list[dict]:
     likelihoods = LIKELIHOODS[name]
     modalities = list(likelihoods)
@@ -123,7 +140,7 @@ def run_one(name: str, mdata: md.MuData, seed: int, encode_covariates: bool, arg
     start = time.perf_counter()
     model = train_spvi(reference, likelihoods, encode_covariates, args.reference_epochs, seed)
     reference_seconds = time.perf_counter() - start
-    z_reference = model.get_latent_representation()
+    z_reference = latents(model)
     labels_reference = reference.obs["cell_type"].to_numpy()
     rows = []
 
@@ -137,39 +154,30 @@ def run_one(name: str, mdata: md.MuData, seed: int, encode_covariates: bool, arg
         scvi.settings.seed = seed
         query_model = spvi.SPVI.load_query_data(query, model)
         query_model.train(max_epochs=args.query_epochs, **TRAIN_KWARGS)
-        z_query = query_model.get_latent_representation()
-        scores = knn_scores(z_reference, labels_reference, z_query, labels_query)
-        rows.append(
-            row
-            | {"query_modalities": query_modalities_name, "method": "surgery"}
-            | scores
-            | {"train_seconds": reference_seconds + time.perf_counter() - start}
-        )
+        seconds = reference_seconds + time.perf_counter() - start
+        method = {"query_modalities": query_modalities_name, "method": "surgery", "train_seconds": seconds}
+        rows += scored_rows(row | method, z_reference, labels_reference, latents(query_model), labels_query)
         relabelled = query.copy()
         relabelled.obs["batch"] = stand_in
-        scores = knn_scores(z_reference, labels_reference, model.get_latent_representation(relabelled), labels_query)
-        rows.append(
-            row
-            | {"query_modalities": query_modalities_name, "method": f"no surgery (query as {stand_in})"}
-            | scores
-            | {"train_seconds": reference_seconds}
-        )
+        method = {
+            "query_modalities": query_modalities_name,
+            "method": f"no surgery (query as {stand_in})",
+            "train_seconds": reference_seconds,
+        }
+        rows += scored_rows(row | method, z_reference, labels_reference, latents(model, relabelled), labels_query)
 
     everything = subset(mdata, reference_names.append(query_names), modalities)
     start = time.perf_counter()
     joint = train_spvi(everything, likelihoods, encode_covariates, args.reference_epochs, seed)
-    z = pd.DataFrame(joint.get_latent_representation(), index=everything.obs_names)
-    scores = knn_scores(
-        z.loc[reference_names].to_numpy(),
+    seconds = time.perf_counter() - start
+    z = {block: pd.DataFrame(values, index=everything.obs_names) for block, values in latents(joint).items()}
+    method = {"query_modalities": "+".join(modalities), "method": "de novo (reference + query)"}
+    rows += scored_rows(
+        row | method | {"train_seconds": seconds},
+        {block: values.loc[reference_names].to_numpy() for block, values in z.items()},
         labels_reference,
-        z.loc[query_names].to_numpy(),
+        {block: values.loc[query_names].to_numpy() for block, values in z.items()},
         everything.obs.loc[query_names, "cell_type"].to_numpy(),
-    )
-    rows.append(
-        row
-        | {"query_modalities": "+".join(modalities), "method": "de novo (reference + query)"}
-        | scores
-        | {"train_seconds": time.perf_counter() - start}
     )
     for r in rows:
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
@@ -177,7 +185,7 @@ def run_one(name: str, mdata: md.MuData, seed: int, encode_covariates: bool, arg
 
 
 def summarize(frame: pd.DataFrame) -> str:
-    grouped = frame.groupby(["dataset", "encode_covariates", "query_modalities", "method"], sort=False)
+    grouped = frame.groupby(["dataset", "encode_covariates", "block", "query_modalities", "method"], sort=False)
     table = grouped.agg(
         seeds=("seed", "nunique"),
         n_reference=("n_reference", "first"),
