@@ -164,7 +164,7 @@ def run_spvi(args, objective, seed, mdata, train, test) -> list[dict]:
     rows = [
         {**base, **embedding_rows(name, z_train[:, b], y_train, z_test[:, b], y_test)} for name, b in blocks.items()
     ]
-    predicted = model.predict(source="rna", target="protein", mdata=test_data)
+    predicted = model.predict(source="rna", target="protein", mdata=test_data, return_numpy=True)
     observed = counts(mdata, "protein", test_data.obs_names)
     rows.append({**base, "embedding": "protein from rna", "protein_pearson": log1p_pearson(observed, predicted)})
     return rows

@@ -131,7 +131,7 @@ def run_spvi(args, objective, seed, views, train, test, obs) -> list[dict]:
     auc = label_auc(z_train, train_data.obs["subtype"], z_test, test_data.obs["subtype"])
     # the protein-less training tumours: embedding from rna+mirna and protein predicted from rna+mirna
     partial = ~train_data.obs_names.isin(train_data["protein"].obs_names)
-    protein_pred = model.predict(source=["rna", "mirna"], target="protein", mdata=train_data)
+    protein_pred = model.predict(source=["rna", "mirna"], target="protein", mdata=train_data, return_numpy=True)
     extra = {
         "epochs_trained": len(model.history["elbo_train"]),
         "n_partial": int(partial.sum()),
@@ -143,7 +143,7 @@ def run_spvi(args, objective, seed, views, train, test, obs) -> list[dict]:
     assert extra["partial_protein_finite"], "non-finite protein prediction for a protein-less tumour"
     rows = []
     for source, target in PAIRS:
-        prediction = model.predict(source=source.split("+"), target=target, mdata=test_data)
+        prediction = model.predict(source=source.split("+"), target=target, mdata=test_data, return_numpy=True)
         observed = views[target].loc[test_data.obs_names].to_numpy()
         rows.append(_row("spvi", objective, seed, source, target, observed, prediction, auc, seconds, extra))
     return rows

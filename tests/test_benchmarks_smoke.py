@@ -1,4 +1,4 @@
-"""Smoke tests of the TCGA, CITE-seq and semi-supervised benchmark scripts (1-2 epochs, one seed).
+"""Smoke tests of the benchmark scripts (1-2 epochs, one seed).
 
 The scripts run in this process (their ``main`` with a patched ``sys.argv``) so that the heavy imports are paid
 once; each writes its CSV, markdown summary and figure into a temporary directory.
@@ -141,3 +141,13 @@ def test_integration_benchmark_smoke(tmp_path, cite_path):
     single = ["ratio_rna_only", "ratio_protein_only", "transfer_accuracy_rna_only", "transfer_accuracy_protein_only"]
     assert np.isfinite(cite.loc[("spvi mmvae++", "shared"), single].to_numpy(dtype=float)).all()
     assert (tmp_path / "summary.md").read_text().count("## ") == 2
+
+
+def test_query_mapping_smoke(tmp_path):
+    module = importlib.import_module("query_mapping")
+    table = module.main(["--smoke", "--output", str(tmp_path / "query_mapping.csv")])
+    assert (tmp_path / "query_mapping_summary.md").read_text().startswith("# Query mapping")
+    assert set(table["method"]) == {"surgery", "no surgery (query as p3_0)", "de novo (reference + query)"}
+    assert set(table["query_modalities"]) == {"rna+protein", "rna only", "protein only"}
+    assert table["accuracy"].between(0, 1).all()
+    assert (table["n_query"] == 400).all()

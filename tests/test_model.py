@@ -86,7 +86,7 @@ def test_count_likelihoods_on_cite_mosaic(cite, rna_likelihood, protein_likeliho
     assert np.isnan(private_protein[~has_protein]).all()
     assert np.isfinite(private_protein[has_protein]).all()
 
-    protein_from_rna = model.predict(source="rna", target="protein")
+    protein_from_rna = model.predict(source="rna", target="protein", return_numpy=True)
     assert protein_from_rna.shape == (cite.n_obs, cite["protein"].n_vars)
     has_rna = cite.obs["has_rna"].to_numpy().astype(bool)
     assert np.isfinite(protein_from_rna[has_rna]).all()
@@ -117,7 +117,7 @@ def test_batch_enters_the_encoders_only_with_encode_covariates(cite, encode_cova
 def test_predict_library_size(cite):
     spvi.SPVI.setup_mudata(cite, modalities=["rna", "protein"], layers={"rna": "counts", "protein": "counts"})
     model = _train(spvi.SPVI(cite, n_shared=4, n_private=2), epochs=1)
-    observed = model.predict(source="protein", target="rna")
+    observed = model.predict(source="protein", target="rna", return_numpy=True)
     has_rna = cite.obs["has_rna"].to_numpy().astype(bool)
     both = has_rna & cite.obs["has_protein"].to_numpy().astype(bool)
     rna_counts = cite["rna"].layers["counts"]
@@ -128,7 +128,7 @@ def test_predict_library_size(cite):
     # cells without rna are predicted at the median library size of the rna cells
     protein_only = ~has_rna
     np.testing.assert_allclose(observed[protein_only].sum(axis=1), np.median(library), rtol=1e-3)
-    fixed = model.predict(source="protein", target="rna", library_size=1e4)
+    fixed = model.predict(source="protein", target="rna", library_size=1e4, return_numpy=True)
     np.testing.assert_allclose(np.nansum(fixed, axis=1)[~np.isnan(fixed).any(axis=1)], 1e4, rtol=1e-3)
 
 
@@ -138,7 +138,7 @@ def test_atac_likelihoods_on_multiome(multiome_path, atac_likelihood):
     spvi.SPVI.setup_mudata(mdata, layers={"rna": "counts", "atac": "counts"}, likelihoods={"atac": atac_likelihood})
     model = _train(spvi.SPVI(mdata, n_shared=4, n_private=2, objective="mopoe"))
     assert np.isfinite(_elbo(model)).all()
-    atac = model.predict(source="rna", target="atac")
+    atac = model.predict(source="rna", target="atac", return_numpy=True)
     assert atac.shape == (mdata.n_obs, mdata["atac"].n_vars)
     if atac_likelihood == "bernoulli":
         assert ((atac > 0) & (atac < 1)).all()
@@ -335,7 +335,7 @@ def test_gaussian_modalities_are_standardised_inside_the_model(tcga_path, tmp_pa
         scvi.settings.seed = 0
         model = _train(spvi.SPVI(data, n_shared=3, n_private=2), epochs=3)
         latents.append(model.get_latent_representation())
-        predictions.append(model.predict(source="mirna", target="rna"))
+        predictions.append(model.predict(source="mirna", target="rna", return_numpy=True))
     np.testing.assert_allclose(latents[1], latents[0], rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(predictions[1], 7.0 * predictions[0] + 100.0, rtol=1e-4)
     # on the user's scale: predicted feature means near the observed ones

@@ -141,4 +141,4 @@ def test_cells_with_zero_counts_keep_the_loss_finite(multiome):
     model = spvi.SPVI(multiome, n_shared=2, n_private=2)
     model.train(max_epochs=2, **TRAIN_KWARGS)
     assert np.isfinite(model.history["elbo_train"]["elbo_train"].to_numpy(dtype=float)).all()
-    assert np.isfinite(model.predict(source="atac", target="rna")).all()
+    assert np.isfinite(model.predict(source="atac", target="rna", return_numpy=True)).all()

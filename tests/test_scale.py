@@ -155,7 +155,7 @@ def test_backed_mudata_trains_from_disk_like_in_memory(tmp_path):
     # the registered data are the on-disk arrays themselves, not copies in memory
     assert all(_data.is_on_disk(backed_model.adata.mod[m].X) for m in ("rna", "prot"))
     np.testing.assert_allclose(backed_latent, memory_latent, rtol=1e-5, atol=1e-6)
-    prediction = backed_model.predict(source="rna", target="prot")
+    prediction = backed_model.predict(source="rna", target="prot", return_numpy=True)
     assert prediction.shape == (240, 15)
     assert np.isfinite(prediction).all()
 
@@ -200,11 +200,12 @@ def test_checks_read_in_blocks_find_problems_in_any_block(monkeypatch, sparse):
     values[:, 4] = 2.0  # constant over all blocks
     convert = sp.csr_matrix if sparse else np.asarray
     assert len(list(_data.row_blocks(values))) == 4
-    with pytest.warns(UserWarning, match="1 constant features .* column 4"):
-        assert _data.check_matrix(convert(values), "rna", None, None) == "nb"
+    names = pd.Index([f"gene{j}" for j in range(10)])
+    with pytest.warns(UserWarning, match=r"1 constant features \(zero variance\), e.g. \['gene4'\]"):
+        assert _data.check_matrix(convert(values), "rna", None, None, names) == "nb"
     values[10, 7] = 0.5  # non-integer in the last block only
     with pytest.warns(UserWarning, match="constant"):
-        assert _data.check_matrix(convert(values), "rna", None, None) == "gaussian"
+        assert _data.check_matrix(convert(values), "rna", None, None, names) == "gaussian"
     with pytest.raises(ValueError, match="non-integer"):
         _data.check_matrix(convert(values), "rna", None, "nb")
     values[9, 1] = np.inf

@@ -85,7 +85,7 @@ def test_variance_explained_per_modality_and_per_feature(cll):
     rna = features[features["modality"] == "rna"].set_index("feature")
     assert list(rna.index) == list(mdata["rna"].var_names)
     # the joint reconstruction is what predict() gives from both modalities (z_shared joint, z_private of rna)
-    both = model.predict(source=["rna", "meth"], target="rna")
+    both = model.predict(source=["rna", "meth"], target="rna", return_numpy=True)
     np.testing.assert_allclose(rna["shared+private"], r2_per_feature(mdata["rna"].X, both), atol=1e-5)
     # the IGHV-associated features are explained by z_shared better than the others
     shared = mdata["rna"].var["is_shared"].to_numpy(dtype=bool)
@@ -191,7 +191,7 @@ def test_prediction_quality_counts_on_the_paired_cells(cite):
     # Pearson on log-normalised values of the 800 cells that have both modalities
     paired = mdata.obs["paired"].to_numpy(dtype=bool)
     counts = mdata["protein"][mdata.obs_names[paired]].layers["counts"].toarray().astype(float)
-    prediction = model.predict(source="rna", target="protein")[paired]
+    prediction = model.predict(source="rna", target="protein", return_numpy=True)[paired]
     scale = np.median(counts.sum(axis=1))
 
     def normalise(x):

@@ -153,7 +153,7 @@ def fit_spvi(dataset: Dataset, objective: str, seed: int, train, test, epochs: i
         blocks[f"private_{modality}"] = model.get_latent_representation(full, kind="private", modality=modality)
     blocks["all"] = model.get_latent_representation(full, kind="all")
     predicted = model.predict(
-        source=dataset.source, target=dataset.target, mdata=full, indices=positions(dataset, test)
+        source=dataset.source, target=dataset.target, mdata=full, indices=positions(dataset, test), return_numpy=True
     )
     imputed = to_target_scale(dataset, predicted)
     return Fit(f"spvi {objective}", blocks, "shared", imputed, seconds, model.trainer.current_epoch)

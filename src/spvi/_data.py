@@ -9,7 +9,6 @@ is only read. Modalities that already cover every cell in order are referenced, 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
 import h5py
@@ -22,6 +21,7 @@ from mudata import MuData
 
 from spvi._constants import PRESENCE_OBSM_KEY, UNLABELED_CATEGORY
 from spvi._likelihoods import LIKELIHOODS
+from spvi._logging import no_pull_on_update, warn
 
 _UNLABELED_VALUES = ("unknown", "nan", "None", "")
 
@@ -30,8 +30,17 @@ def _describe(modality: str, layer: str | None) -> str:
     return f"modality {modality!r}, " + (f"layer {layer!r}" if layer is not None else ".X")
 
 
-def resolve_modalities(mdata: MuData, modalities: Sequence[str] | None) -> list[str]:
-    """The modalities to model, checked to exist in ``mdata``."""
+def data_argument(mdata: MuData | None, adata: MuData | None) -> MuData | None:
+    """The data passed as ``mdata=`` or as its scvi-tools alias ``adata=`` (not both)."""
+    if adata is None:
+        return mdata
+    if mdata is not None:
+        raise TypeError("pass the data as mdata= or as adata= (its alias), not both")
+    return adata
+
+
+def resolve_modalities(mdata: MuData, modalities: Sequence[str] | None, allow_missing: bool = False) -> list[str]:
+    """The modalities to model, checked to exist in ``mdata`` (unless ``allow_missing``: new data for a model)."""
     if not isinstance(mdata, MuData):
         raise TypeError(f"spvi needs a MuData object, got {type(mdata).__name__}")
     available = list(mdata.mod)
@@ -41,7 +50,7 @@ def resolve_modalities(mdata: MuData, modalities: Sequence[str] | None) -> list[
     if len(set(modalities)) != len(modalities):
         raise ValueError(f"modalities contains duplicates: {modalities!r}")
     missing = [m for m in modalities if m not in mdata.mod]
-    if missing:
+    if missing and not allow_missing:
         raise ValueError(f"modality {missing[0]!r} not found in the MuData; available modalities: {available}")
     return modalities
 
@@ -138,7 +147,7 @@ def _in_memory(matrix, why: str):
     """``matrix`` loaded into memory (CSR if sparse), with a warning when it was on disk."""
     if not is_on_disk(matrix):
         return matrix
-    warnings.warn(f"{why}: loading it into memory", UserWarning, stacklevel=4)
+    warn(f"{why}: loading it into memory")
     return sp.csr_matrix(matrix[:]) if isinstance(matrix, CSRDataset | CSCDataset) else np.asarray(matrix[:])
 
 
@@ -200,12 +209,16 @@ class _MatrixSummary:
         return np.flatnonzero(~(variance > 1e-12 * scale))
 
 
-def check_matrix(matrix, modality: str, layer: str | None, likelihood: str | None) -> str:
+def check_matrix(
+    matrix, modality: str, layer: str | None, likelihood: str | None, var_names: pd.Index | None = None
+) -> str:
     """Check one modality's data for its likelihood; return the likelihood (chosen from the data if ``None``).
 
     Integer counts default to ``"nb"``, anything else to ``"gaussian"``. ``inf`` is always an error;
     ``NaN`` is allowed only under ``"gaussian"`` (it marks entries that were not measured). The matrix is
-    read in blocks of rows, so on-disk (backed) data is checked without loading it whole.
+    read in blocks of rows, so on-disk (backed) data is checked without loading it whole. With ``var_names``,
+    constant features are reported by name in a warning (only when a model is first set up: not again for
+    new data or a loaded model).
     """
     where = _describe(modality, layer)
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
@@ -239,12 +252,11 @@ def check_matrix(matrix, modality: str, layer: str | None, likelihood: str | Non
                 "use the raw counts layer or likelihood 'gaussian' for normalised data"
             )
     constant = summary.constant_features()
-    if constant.size:
-        warnings.warn(
-            f"{where} has {constant.size} constant features (zero variance, e.g. column {constant[0]}); "
-            "they carry no information and could be removed",
-            UserWarning,
-            stacklevel=4,
+    if constant.size and var_names is not None:
+        names = var_names[constant[:5]].tolist()
+        warn(
+            f"{where} has {constant.size} constant features (zero variance), e.g. {names}; they carry no "
+            "information and could be removed"
         )
     return likelihood
 
@@ -322,7 +334,9 @@ def build_registered_mudata(
     labels_key
         ``mdata.obs`` column of labels, copied with unlabelled cells mapped to one category.
     feature_order
-        Feature names per modality that a saved model expects; columns are reordered to match.
+        Feature names per modality that a trained model expects (new data for the model); columns are
+        reordered to match, and a modality that ``mdata`` lacks (or that has no cells) is added with all its
+        cells marked absent.
 
     Returns
     -------
@@ -333,12 +347,23 @@ def build_registered_mudata(
     presence = np.zeros((mdata.n_obs, len(modalities)), dtype=np.float32)
     padded_modalities, resolved_likelihoods = {}, {}
     for m, modality in enumerate(modalities):
+        absent = modality not in mdata.mod or mdata.mod[modality].n_obs == 0
+        if feature_order is not None and absent:  # new data for a model: a modality none of its cells has
+            n_features = len(feature_order[modality])
+            matrix = sp.csr_matrix((mdata.n_obs, n_features), dtype=np.float32)
+            padded_modalities[modality] = AnnData(
+                X=matrix, obs=pd.DataFrame(index=obs_names.copy()), var=pd.DataFrame(index=feature_order[modality])
+            )
+            resolved_likelihoods[modality] = likelihoods[modality]
+            continue
         adata = mdata.mod[modality]
         layer = layers.get(modality)
         _check_unique(adata.obs_names, f"obs_names of modality {modality!r}")
         _check_unique(adata.var_names, f"var_names of modality {modality!r}")
         matrix = _registrable(layer_matrix(adata, modality, layer), _describe(modality, layer))
-        resolved_likelihoods[modality] = check_matrix(matrix, modality, layer, likelihoods.get(modality))
+        resolved_likelihoods[modality] = check_matrix(
+            matrix, modality, layer, likelihoods.get(modality), adata.var_names if feature_order is None else None
+        )
         var_names = adata.var_names
         if feature_order is not None:
             matrix, var_names = _reorder_features(adata, matrix, modality, feature_order[modality])
@@ -365,7 +390,8 @@ def build_registered_mudata(
             "mdata[mdata.obs_names.isin(cells)].copy()"
         )
 
-    registered = MuData(padded_modalities)
+    with no_pull_on_update():
+        registered = MuData(padded_modalities)
     for key in covariate_keys:
         column = mdata.obs[key]
         if column.isna().any():
@@ -373,8 +399,9 @@ def build_registered_mudata(
                 f"mdata.obs[{key!r}] has {column.isna().sum()} missing values; covariates must be complete"
             )
         registered.obs[key] = column.astype(str).astype("category").to_numpy()
-    if labels_key is not None:
-        registered.obs[labels_key] = label_column(mdata.obs[labels_key]).to_numpy()
+    if labels_key is not None:  # new data for a model may have no labels: all cells unlabelled
+        labels = mdata.obs[labels_key] if labels_key in mdata.obs.columns else pd.Series(np.nan, index=obs_names)
+        registered.obs[labels_key] = label_column(labels).to_numpy()
     registered.obsm[PRESENCE_OBSM_KEY] = presence
     return registered, resolved_likelihoods
 
@@ -387,9 +414,14 @@ def check_setup_arguments(
     batch_key: str | None,
     labels_key: str | None,
     categorical_covariate_keys: Sequence[str] | None,
+    allow_missing_modalities: bool = False,
 ) -> tuple[list[str], dict, dict, list[str]]:
-    """Check the arguments of :meth:`spvi.SPVI.setup_mudata` against ``mdata`` before touching any data."""
-    modalities = resolve_modalities(mdata, modalities)
+    """Check the arguments of :meth:`spvi.SPVI.setup_mudata` against ``mdata`` before touching any data.
+
+    ``allow_missing_modalities`` (new data for a trained model): modalities may be absent, and the labels
+    column may be absent or have no label.
+    """
+    modalities = resolve_modalities(mdata, modalities, allow_missing_modalities)
     layers = _check_keys("layers", layers, modalities)
     likelihoods = _check_keys("likelihoods", likelihoods, modalities)
     covariate_keys = list(categorical_covariate_keys or [])
@@ -398,8 +430,8 @@ def check_setup_arguments(
         covariate_keys = [batch_key, *covariate_keys]
     for key in categorical_covariate_keys or []:
         _categorical_column(mdata, key, "categorical_covariate_keys entry")
-    if labels_key is not None:
+    if labels_key is not None and not (allow_missing_modalities and labels_key not in mdata.obs.columns):
         labels = label_column(_categorical_column(mdata, labels_key, "labels_key"))
-        if (labels != UNLABELED_CATEGORY).sum() == 0:
+        if (labels != UNLABELED_CATEGORY).sum() == 0 and not allow_missing_modalities:
             raise ValueError(f"labels_key {labels_key!r}: no cell has a label (all are NaN or 'unknown')")
     return modalities, layers, likelihoods, covariate_keys

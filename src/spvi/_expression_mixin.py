@@ -17,6 +17,7 @@ from scvi.model._utils import _get_batch_code_from_category
 from scvi.model.base._de_core import _de_core
 
 from spvi._constants import PRESENCE_KEY, data_key
+from spvi._data import data_argument
 from spvi._likelihoods import GaussianHead
 
 #: Pseudocount of the log fold change per likelihood, on the scale of the values compared: the defaults of
@@ -107,6 +108,7 @@ class ExpressionMixin:
         return_mean: bool = True,
         return_numpy: bool | None = None,
         batch_size: int | None = None,
+        adata: MuData | None = None,
     ) -> pd.DataFrame | np.ndarray:
         r"""Denoised values of one modality, decoded at draws from the posterior (scVI's :math:`\rho`).
 
@@ -165,7 +167,10 @@ class ExpressionMixin:
         ``n_samples > 1`` and ``return_mean=False`` an array ``(n_samples, n_cells, n_features)``. Values are
         non-negative for count likelihoods (at most 1 for ``bernoulli``). Zero inflation (``zinb``) is left
         out, as in scVI.
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
+        mdata = data_argument(mdata, adata)
         registered = self._validate_anndata(mdata)
         target = self._target_index(modality)
         sources = self._modality_indices(source, "source")
@@ -278,6 +283,7 @@ class ExpressionMixin:
         silent: bool = False,
         include_protein_background: bool = False,
         pseudocounts: float | None = None,
+        adata: MuData | None = None,
         **kwargs,
     ) -> pd.DataFrame:
         r"""Differential expression (or accessibility, or protein abundance) of one modality between groups.
@@ -340,7 +346,10 @@ class ExpressionMixin:
         ``bayes_factor``, ``scale1``, ``scale2``, ``pseudocounts``, ``delta``, ``lfc_mean``, ``lfc_median``,
         ``lfc_std``, ``lfc_min``, ``lfc_max``, the raw statistics, ``is_de_fdr_<fdr_target>``, and with
         ``groupby`` ``comparison``, ``group1``, ``group2``.
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
+        mdata = data_argument(mdata, adata)
         user_mdata = self.mdata if mdata is None else mdata
         registered = self._validate_anndata(mdata)
         target = self._target_index(modality)
@@ -404,6 +413,7 @@ class ExpressionMixin:
         n_samples: int = 1,
         gene_list: Sequence[str] | None = None,
         batch_size: int | None = None,
+        adata: MuData | None = None,
     ) -> np.ndarray:
         r"""Draws of one modality from the posterior predictive distribution :math:`p(\hat{x} \mid x)`.
 
@@ -434,7 +444,10 @@ class ExpressionMixin:
         (as scvi-tools' TOTALVI; its single-modality ``RNASeqMixin`` returns a :class:`sparse.GCXS` array, whose
         conversion costs about 10 s of compilation on first use and saves nothing on dense protein or Gaussian
         data): counts for count likelihoods, 0/1 for ``bernoulli``, values on the user's scale for ``gaussian``.
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
+        mdata = data_argument(mdata, adata)
         registered = self._validate_anndata(mdata)
         target = self._target_index(modality)
         features = self._feature_mask(

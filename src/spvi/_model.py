@@ -31,13 +31,28 @@ from spvi._constants import (
     data_key,
     private_obsm_key,
 )
-from spvi._data import build_registered_mudata, check_setup_arguments, column_mean_and_scale, row_sums
+from spvi._data import (
+    build_registered_mudata,
+    check_setup_arguments,
+    column_mean_and_scale,
+    data_argument,
+    row_sums,
+)
 from spvi._dataloader import SPVIDataSplitter, make_data_loader
 from spvi._expression_mixin import ExpressionMixin
 from spvi._likelihoods import LIKELIHOODS, GaussianHead
+from spvi._logging import (
+    LIGHTNING_BANNERS,
+    SCVI_LOAD_LINES,
+    SCVI_SETUP_LINES,
+    no_pull_on_update,
+    quiet_lines,
+    without_mod_names_deprecation,
+)
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
-from spvi._trainingplan import RestoreBestState, SPVITrainingPlan
+from spvi._query_mixin import QueryMixin
+from spvi._trainingplan import RestoreBestState, RNGStateCheckpoint, SPVITrainingPlan
 from spvi._vae_mixin import VAEMixin
 
 logger = logging.getLogger(__name__)
@@ -56,7 +71,7 @@ def _saved_format_version(dir_path: str) -> int | None:
     return saved.get(SAVE_KEYS.ATTR_DICT_KEY, {}).get("format_version_")
 
 
-class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Shared-private multimodal VAE (MMVAE++ of Märtens & Yau 2023, with MVAE, MMVAE and MoPoE-VAE).
 
     The latent space is partitioned into ``[z_shared, z_private_1, ..., z_private_M]``: ``z_shared``
@@ -278,7 +293,14 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             ``mdata`` is not a MuData.
         """
         modalities, layers, likelihoods, covariate_keys = check_setup_arguments(
-            mdata, modalities, layers, likelihoods, batch_key, labels_key, categorical_covariate_keys
+            mdata,
+            modalities,
+            layers,
+            likelihoods,
+            batch_key,
+            labels_key,
+            categorical_covariate_keys,
+            allow_missing_modalities=kwargs.get("source_registry") is not None,
         )
         registered, likelihoods = build_registered_mudata(
             mdata,
@@ -318,7 +340,8 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
                 )
             )
         adata_manager = AnnDataManager(fields=data_fields + other_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(registered, **kwargs)
+        with quiet_lines(SCVI_SETUP_LINES):
+            adata_manager.register_fields(registered, **kwargs)
         cls.register_manager(adata_manager)
         cls._registered[mdata] = registered
 
@@ -341,12 +364,20 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         """The registered (padded) MuData for a user's MuData; new data is checked and padded first."""
         if adata is None or adata is self.adata:
             return super()._validate_anndata(self.adata, copy_if_view=copy_if_view)
-        if adata not in self._registered:
-            # pad the new MuData and register it with the training data's categories and feature order
-            setup_args = self.adata_manager.registry[_SETUP_ARGS_KEY]
-            self.setup_mudata(adata, source_registry=self.adata_manager.registry, **setup_args)
-            self._register_manager_for_instance(self._get_most_recent_anndata_manager(self._registered[adata]))
-        return super()._validate_anndata(self._registered[adata], copy_if_view=copy_if_view)
+        try:
+            if adata not in self._registered:
+                # pad the new MuData and register it with the training data's categories and feature order
+                setup_args = self.adata_manager.registry[_SETUP_ARGS_KEY]
+                self.setup_mudata(adata, source_registry=self.adata_manager.registry, **setup_args)
+                self._register_manager_for_instance(self._get_most_recent_anndata_manager(self._registered[adata]))
+            return super()._validate_anndata(self._registered[adata], copy_if_view=copy_if_view)
+        except ValueError as error:
+            if "extend_categories" not in str(error):
+                raise
+            raise ValueError(
+                f"{error} The data has a batch or covariate category the model was not trained on: map it as a "
+                "query with SPVI.load_query_data(mdata, model) and train that"
+            ) from error
 
     # ------------------------------------------------------------------ training
     def train(
@@ -439,6 +470,18 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         - Mixed precision: ``precision="bf16-mixed"`` is passed to Lightning; at the default sizes training is
           bound by per-step overhead rather than arithmetic and was not faster on an H100 (see
           ``benchmarks/speed``).
+
+        Resuming: with ``enable_checkpointing=True`` (which needs a validation set, ``train_size < 1``, as
+        scvi-tools' checkpoint callback monitors the validation loss) checkpoints are written;
+        ``train(..., ckpt_path=path)`` on a new model with the same seed resumes from one. The random number
+        generators are saved in the checkpoint, so with the same training arguments (``max_epochs`` sets the
+        default KL warm-up) the resumed run gives the same parameters as an uninterrupted one (tested on CPU;
+        without the saved generators the minibatch order and the sampling noise after the restart differ).
+        ``history`` then holds only the resumed epochs.
+
+        Lightning's start-up lines ("GPU available", "TPU available", "HPU available", "LOCAL_RANK", tips)
+        are not shown; ``logging.getLogger("spvi").setLevel(logging.DEBUG)`` shows them again. A model from
+        :meth:`load_query_data` trains with ``weight_decay=0`` unless ``plan_kwargs`` say otherwise.
         """
         n_cells = self.adata.n_obs
         if max_epochs is None:
@@ -455,8 +498,10 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             "n_steps_kl_warmup": n_steps_kl_warmup,
             "min_kl_weight": min_kl_weight,
             "max_kl_weight": max_kl_weight,
+            **({"weight_decay": 0.0} if self._reference_frozen else {}),
             **(plan_kwargs or {}),
         }
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), RNGStateCheckpoint()]
         if keep_best:
             if train_size >= 1.0 and not validation_size:
                 raise ValueError("keep_best needs a validation set: set train_size < 1 or validation_size")
@@ -465,18 +510,19 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
                 *trainer_kwargs.get("callbacks", []),
                 RestoreBestState(early_stopping_monitor),
             ]
-        return super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_size=train_size,
-            validation_size=validation_size,
-            early_stopping=early_stopping,
-            early_stopping_monitor=early_stopping_monitor,
-            accelerator=accelerator,
-            devices=devices,
-            plan_kwargs=plan_kwargs,
-            **trainer_kwargs,
-        )
+        with quiet_lines(LIGHTNING_BANNERS):
+            return super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                train_size=train_size,
+                validation_size=validation_size,
+                early_stopping=early_stopping,
+                early_stopping_monitor=early_stopping_monitor,
+                accelerator=accelerator,
+                devices=devices,
+                plan_kwargs=plan_kwargs,
+                **trainer_kwargs,
+            )
 
     # ------------------------------------------------------------------ inference helpers
     def _minibatches(
@@ -499,53 +545,88 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
     def get_latent_representation(
         self,
         mdata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        return_dist: bool = False,
         kind: LatentKind = "shared",
         modality: str | Sequence[str] | None = None,
-        indices: Sequence[int] | None = None,
-        batch_size: int | None = None,
-    ) -> np.ndarray:
-        """Posterior means of the latent blocks.
+        adata: MuData | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Latent representation: posterior means (default), samples, or means and variances.
+
+        The joint posterior of ``z_shared`` is the uniform mixture of the objective's components that a cell's
+        observed modalities allow (MMVAE and MMVAE++: one expert per modality; MoPoE-VAE: the product of
+        experts of every subset; MVAE: one product of experts). Its mean is the average of the components'
+        means, its variance the average component variance plus the variance of the component means. The
+        private blocks have Gaussian posteriors.
 
         Parameters
         ----------
         mdata
-            MuData to embed (default: the training data); new data must have the training modalities.
+            MuData to embed (default: the training data). New data needs the training features of the
+            modalities it has (in any order); a training modality it lacks is treated as unobserved.
+        indices
+            Cells to embed (positions); default all.
+        give_mean
+            ``True``: the posterior mean. ``False``: one sample per cell from the posterior (for the mixture,
+            a uniformly chosen valid component, then a sample of it). Ignored when ``return_dist=True``.
+        batch_size
+            Minibatch size (default: scvi-tools' ``scvi.settings.batch_size``).
+        return_dist
+            Return the posterior's mean and variance (two arrays) instead of one array (scvi-tools' convention).
         kind
             ``"shared"``: ``z_shared`` (n_obs x n_shared) from the joint posterior of the cell's observed
             modalities, or only from ``modality`` when given. ``"private"``: ``z_private`` of ``modality``
             (``NaN`` rows for cells that lack it). ``"all"``: ``[z_shared, z_private_1, ..., z_private_M]``.
         modality
             For ``"shared"``: modalities to encode from (default all); for ``"private"``: the modality.
-        indices
-            Cells to embed (positions); default all.
-        batch_size
-            Minibatch size.
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
+
+        Returns
+        -------
+        ``n_obs x n_latent`` array, or the tuple ``(mean, variance)`` of such arrays when ``return_dist``.
         """
+        mdata = data_argument(mdata, adata)
         if kind not in ("shared", "private", "all"):
             raise ValueError(f"kind must be 'shared', 'private' or 'all', got {kind!r}")
         if kind == "private" and not isinstance(modality, str):
             raise ValueError(f"kind='private' needs modality= one of {self.modalities}")
         sources = self._modality_indices(modality, "modality")
-        blocks = []
+
+        def assemble(shared: torch.Tensor, private: list[torch.Tensor]) -> torch.Tensor:
+            if kind == "shared":
+                return shared
+            if kind == "private":
+                return private[sources[0]]
+            return torch.cat([shared, *private], dim=1)
+
+        sample = not (give_mean or return_dist)
+        means, variances, samples = [], [], []
         for tensors in self._minibatches(mdata, indices, batch_size):
             outputs = self.module.inference(**self.module._get_inference_input(tensors))
-            presence = outputs["presence"]
+            presence, qz_shared, qz_private = outputs["presence"], outputs["qz_shared"], outputs["qz_private"]
             source_mask = torch.zeros_like(presence)
             source_mask[:, sources] = True
-            shared = self.module.shared_posterior_mean(outputs["qz_shared"], presence & source_mask)
-            privates = [
-                torch.where(presence[:, m : m + 1], q.loc, torch.full_like(q.loc, float("nan")))
-                for m, q in enumerate(outputs["qz_private"])
-            ]
-            if kind == "shared":
-                blocks.append(shared)
-            elif kind == "private":
-                blocks.append(privates[sources[0]])
-            else:
-                blocks.append(torch.cat([shared, *privates], dim=1))
-        return torch.cat(blocks).cpu().numpy()
+            observed = presence & source_mask
 
-    def write_latents(self, mdata: MuData | None = None, batch_size: int | None = None) -> None:
+            def private(values: list[torch.Tensor], presence=presence) -> list[torch.Tensor]:
+                return [v.masked_fill(~presence[:, m : m + 1], float("nan")) for m, v in enumerate(values)]
+
+            mean, variance = self.module.shared_posterior_moments(qz_shared, observed)
+            means.append(assemble(mean, private([q.loc for q in qz_private])))
+            variances.append(assemble(variance, private([q.scale.square() for q in qz_private])))
+            if sample:
+                shared_sample = self.module.sample_shared_posterior(qz_shared, observed, 1)[0]
+                samples.append(assemble(shared_sample, private([q.sample() for q in qz_private])))
+        if return_dist:
+            return torch.cat(means).cpu().numpy(), torch.cat(variances).cpu().numpy()
+        return torch.cat(samples if sample else means).cpu().numpy()
+
+    def write_latents(
+        self, mdata: MuData | None = None, batch_size: int | None = None, adata: MuData | None = None
+    ) -> None:
         """Write the embeddings into ``mdata.obsm`` for scanpy.
 
         Adds ``mdata.obsm["X_spvi_shared"]`` and ``mdata.obsm["X_spvi_private_<modality>"]`` for every
@@ -557,7 +638,10 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             MuData to embed and write into (default: the training MuData).
         batch_size
             Minibatch size.
+        adata
+            Alias of ``mdata``.
         """
+        mdata = data_argument(mdata, adata)
         mdata = self.mdata if mdata is None else mdata
         latent = self.get_latent_representation(mdata, kind="all", batch_size=batch_size)
         blocks = np.split(latent, np.cumsum([self.module.n_shared, *self.module.n_private])[:-1], axis=1)
@@ -574,7 +658,9 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         library_size: float | Sequence[float] | np.ndarray | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
-    ) -> np.ndarray:
+        return_numpy: bool = False,
+        adata: MuData | None = None,
+    ) -> pd.DataFrame | np.ndarray:
         """Cross-modal prediction: expected value of ``target`` from ``source`` alone.
 
         ``z_shared`` is the posterior mean from the source modalities; the target's private block is
@@ -598,12 +684,18 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             Cells (positions); default all.
         batch_size
             Minibatch size.
+        return_numpy
+            Return a bare array instead of a DataFrame.
+        adata
+            Alias of ``mdata``.
 
         Returns
         -------
-        ``n_cells x n_features(target)`` array on the data scale: expected counts for count
+        ``n_cells x n_features(target)`` DataFrame on the data scale, indexed by cell name with the target's
+        feature names as columns (an array with ``return_numpy=True``): expected counts for count
         likelihoods, the probability of a non-zero count for ``bernoulli``, the mean for ``gaussian``.
         """
+        mdata = data_argument(mdata, adata)
         sources = self._modality_indices(source, "source")
         (target_index,) = self._modality_indices([target] if isinstance(target, str) else target, "target")
         library_override = None
@@ -618,11 +710,25 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
                 library = library_override[start : start + n_obs] if many else library_override.expand(n_obs, 1)
             predictions.append(self.module.predict_target(tensors, sources, target_index, library).cpu())
             start += n_obs
-        return torch.cat(predictions).numpy()
+        prediction = torch.cat(predictions).numpy()
+        if return_numpy:
+            return prediction
+        registered = self._validate_anndata(mdata)
+        return pd.DataFrame(
+            prediction, index=self._obs_names(registered, indices), columns=registered.mod[target].var_names.copy()
+        )
+
+    @staticmethod
+    def _obs_names(registered: MuData, indices: Sequence[int] | None) -> pd.Index:
+        return registered.obs_names if indices is None else registered.obs_names[np.asarray(indices)]
 
     @torch.inference_mode()
     def predict_labels(
-        self, mdata: MuData | None = None, indices: Sequence[int] | None = None, batch_size: int | None = None
+        self,
+        mdata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        adata: MuData | None = None,
     ) -> pd.DataFrame:
         """Class probabilities of the label head (semi-supervised model) at the posterior mean of ``z_shared``.
 
@@ -634,26 +740,38 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             Cells (positions); default all.
         batch_size
             Minibatch size.
+        adata
+            Alias of ``mdata``.
 
         Returns
         -------
         DataFrame ``n_cells x n_classes`` indexed by cell name, one column per label category.
         """
+        mdata = data_argument(mdata, adata)
         if self.module.classifier is None:
             raise ValueError("the model has no label head: pass labels_key= to SPVI.setup_mudata")
         registered = self._validate_anndata(mdata)
         probabilities = torch.cat(
             [self.module.predict_labels(tensors).cpu() for tensors in self._minibatches(mdata, indices, batch_size)]
         ).numpy()
-        obs_names = registered.obs_names if indices is None else registered.obs_names[np.asarray(indices)]
-        return pd.DataFrame(probabilities, index=obs_names, columns=self.label_categories)
+        return pd.DataFrame(probabilities, index=self._obs_names(registered, indices), columns=self.label_categories)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, dir_path: str, overwrite: bool = False, save_mudata: bool = False, **save_kwargs) -> None:
+    def save(
+        self,
+        dir_path: str,
+        overwrite: bool = False,
+        save_mudata: bool = False,
+        save_kwargs: dict | None = None,
+        save_anndata: bool | None = None,
+    ) -> None:
         """Save the model (and optionally the training MuData) to a directory, atomically.
 
-        The files are written to a temporary directory beside ``dir_path`` and moved into place when
-        complete, so an interrupted save never leaves a half-written model.
+        The files are written to a temporary directory beside ``dir_path`` and renamed into place when
+        complete; with ``overwrite=True`` the previous directory is renamed aside first and deleted last. A
+        save interrupted while writing (an error, ``kill -9``, a full disk) leaves the previous model and no
+        half-written one; only between the two renames (microseconds) is ``dir_path`` briefly absent, and then
+        the previous model is whole under ``.spvi-old-*`` beside it.
 
         Parameters
         ----------
@@ -663,9 +781,13 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             Replace an existing directory; otherwise an existing ``dir_path`` is an error.
         save_mudata
             Also write the training MuData as ``mdata.h5mu`` (then :meth:`load` needs no MuData).
-        **save_kwargs
-            Passed to :func:`torch.save`.
+        save_kwargs
+            Keyword arguments of :func:`torch.save`.
+        save_anndata
+            Alias of ``save_mudata`` (scvi-tools' name, used by its checkpoint callback).
         """
+        if save_anndata is not None:
+            save_mudata = save_anndata
         dir_path = os.path.abspath(dir_path)
         if os.path.exists(dir_path) and not overwrite:
             raise FileExistsError(f"{dir_path} already exists; pass overwrite=True to replace it")
@@ -675,13 +797,18 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         try:
             super().save(staging, overwrite=True, save_anndata=False, save_kwargs=save_kwargs)
             if save_mudata:
-                self.mdata.write(os.path.join(staging, "mdata.h5mu"))
-            if os.path.exists(dir_path):
-                shutil.rmtree(dir_path)
-            os.replace(staging, dir_path)
+                with no_pull_on_update():
+                    self.mdata.write(os.path.join(staging, "mdata.h5mu"))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        previous = None
+        if os.path.exists(dir_path):
+            previous = tempfile.mkdtemp(prefix=".spvi-old-", dir=parent)
+            os.replace(dir_path, previous)  # replaces the empty directory just made
+        os.replace(staging, dir_path)
+        if previous is not None:
+            shutil.rmtree(previous)
 
     @classmethod
     def load(
@@ -690,6 +817,7 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
         mdata: MuData | None = None,
         accelerator: str = "auto",
         device: int | str = "auto",
+        adata: MuData | None = None,
     ) -> SPVI:
         """Load a saved model.
 
@@ -702,7 +830,10 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             order are reordered, missing features are an error. Default: the MuData saved with the model.
         accelerator, device
             Where to put the model.
+        adata
+            Alias of ``mdata`` (scvi-tools' name).
         """
+        mdata = data_argument(mdata, adata)
         saved_version = _saved_format_version(dir_path)
         if saved_version is None or saved_version > FORMAT_VERSION:
             raise ValueError(
@@ -711,4 +842,5 @@ class SPVI(ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass)
             )
         if mdata is None and not os.path.exists(os.path.join(dir_path, "mdata.h5mu")):
             raise ValueError(f"{dir_path} holds no saved MuData (save_mudata=False): pass the MuData to SPVI.load")
-        return super().load(dir_path, adata=mdata, accelerator=accelerator, device=device)
+        with quiet_lines(SCVI_LOAD_LINES), without_mod_names_deprecation(), no_pull_on_update():
+            return super().load(dir_path, adata=mdata, accelerator=accelerator, device=device)

@@ -261,21 +261,44 @@ class SPVAE(BaseModuleClass):
             return qz_shared[expert]
         return product_of_experts(qz_shared, experts.to(qz_shared[0].loc.dtype))
 
-    def shared_posterior_mean(self, qz_shared: list[Normal], presence: torch.Tensor) -> torch.Tensor:
-        """Mean of the joint posterior of ``z_shared`` given the modalities in ``presence``.
+    def _shared_posterior_components(
+        self, qz_shared: list[Normal], presence: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The valid components of the joint posterior of ``z_shared`` given the modalities in ``presence``.
 
-        The mean of the objective's posterior components that are valid for a cell (for MMVAE and
-        MMVAE++ the average of the experts' means, for MoPoE-VAE the average over subsets of the
-        product-of-experts means, for MVAE the product of experts); ``NaN`` for cells without any.
+        Returns ``valid`` ``(n, K)`` bool and the components' means and variances, ``(K, n, d)`` each: for
+        MMVAE and MMVAE++ the experts, for MoPoE-VAE the product of experts of every subset, for MVAE the one
+        product of experts. The joint posterior is the uniform mixture of a cell's valid components.
         """
-        total = torch.zeros_like(qz_shared[0].loc)
-        count = torch.zeros_like(total[:, :1])
+        valid, means, variances = [], [], []
         for term in self.objective.posterior:
-            valid = self._term_is_valid(term, presence).unsqueeze(1)
-            mean = self._term_posterior(term, qz_shared, self._term_experts(term, presence)).loc
-            total = total + torch.where(valid, mean, torch.zeros_like(mean))
-            count = count + valid.to(total.dtype)
-        return total / count.where(count > 0, torch.full_like(count, float("nan")))
+            component = self._term_posterior(term, qz_shared, self._term_experts(term, presence))
+            valid.append(self._term_is_valid(term, presence))
+            means.append(component.loc)
+            variances.append(component.scale.square())
+        return torch.stack(valid, dim=1), torch.stack(means), torch.stack(variances)
+
+    def shared_posterior_moments(
+        self, qz_shared: list[Normal], presence: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the joint posterior of ``z_shared`` given the modalities in ``presence``.
+
+        The uniform mixture of the valid components (see :meth:`_shared_posterior_components`): its mean is the
+        average of the components' means (for MMVAE and MMVAE++ the average of the experts' means), its
+        variance the average component variance plus the variance of the component means (the law of total
+        variance). ``NaN`` for cells without any component.
+        """
+        valid, means, variances = self._shared_posterior_components(qz_shared, presence)
+        weights = valid.T.unsqueeze(-1).to(means.dtype)  # (K, n, 1)
+        count = weights.sum(dim=0)
+        count = count.where(count > 0, torch.full_like(count, float("nan")))
+        mean = (weights * means).sum(dim=0) / count
+        second_moment = (weights * (variances + means.square())).sum(dim=0) / count
+        return mean, (second_moment - mean.square()).clamp_min(0.0)
+
+    def shared_posterior_mean(self, qz_shared: list[Normal], presence: torch.Tensor) -> torch.Tensor:
+        """Mean of the joint posterior of ``z_shared`` given the modalities in ``presence`` (``NaN``: none)."""
+        return self.shared_posterior_moments(qz_shared, presence)[0]
 
     # ------------------------------------------------------------------ generative model
     @auto_move_data
@@ -535,26 +558,10 @@ class SPVAE(BaseModuleClass):
         return torch.softmax(self.classifier(z_shared), dim=-1)
 
     # ------------------------------------------------------------------ sampling: denoised values, marginal likelihood
-    def _posterior_components(
-        self, qz_shared: list[Normal], presence: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Components of the joint posterior of ``z_shared`` given the modalities in ``presence``.
-
-        Returns their means and standard deviations, ``(C, n, n_shared)``, and which are valid for each cell,
-        ``(n, C)`` bool. The joint posterior is the uniform mixture of a cell's valid components (one component,
-        the product of experts, for MVAE), the distribution whose mean :meth:`shared_posterior_mean` gives.
-        """
-        locs, scales, valid = [], [], []
-        for term in self.objective.posterior:
-            posterior = self._term_posterior(term, qz_shared, self._term_experts(term, presence))
-            locs.append(posterior.loc)
-            scales.append(posterior.scale)
-            valid.append(self._term_is_valid(term, presence))
-        return torch.stack(locs), torch.stack(scales), torch.stack(valid, dim=1)
-
     def sample_shared_posterior(self, qz_shared: list[Normal], presence: torch.Tensor, n_samples: int) -> torch.Tensor:
         """``(n_samples, n, n_shared)`` draws from the joint posterior of ``z_shared``; ``NaN`` for cells without any."""
-        loc, scale, valid = self._posterior_components(qz_shared, presence)
+        valid, loc, variance = self._shared_posterior_components(qz_shared, presence)
+        scale = variance.sqrt()
         has_component = valid.any(dim=1, keepdim=True)
         weights = torch.where(has_component, valid, torch.ones_like(valid)).to(loc.dtype)
         component = torch.multinomial(weights, n_samples, replacement=True).T  # (n_samples, n)
@@ -566,8 +573,10 @@ class SPVAE(BaseModuleClass):
         self, qz_shared: list[Normal], presence: torch.Tensor, z: torch.Tensor
     ) -> torch.Tensor:
         """``(n_samples, n)`` log density of ``z`` (``(n_samples, n, n_shared)``) under the joint posterior."""
-        loc, scale, valid = self._posterior_components(qz_shared, presence)
-        log_prob = Normal(loc.unsqueeze(1), scale.unsqueeze(1)).log_prob(z.unsqueeze(0)).sum(-1)  # (C, n_samples, n)
+        valid, loc, variance = self._shared_posterior_components(qz_shared, presence)
+        log_prob = (
+            Normal(loc.unsqueeze(1), variance.sqrt().unsqueeze(1)).log_prob(z.unsqueeze(0)).sum(-1)
+        )  # (C, n_samples, n)
         log_prob = torch.where(valid.T.unsqueeze(1), log_prob, torch.full_like(log_prob, float("-inf")))
         return torch.logsumexp(log_prob, dim=0) - torch.log(valid.sum(dim=1).to(log_prob.dtype))
 

@@ -77,3 +77,26 @@ class RestoreBestState(Callback):
                 self.monitor,
                 self.best_score,
             )
+
+
+class RNGStateCheckpoint(Callback):
+    """Save PyTorch's random number generator states in Lightning checkpoints and restore them on resume.
+
+    Training draws minibatch orders and the reparameterisation noise from PyTorch's global generators,
+    which Lightning does not checkpoint. With this callback, ``train(..., ckpt_path=...)`` continues with the
+    same random numbers as the interrupted run would have, so resuming reproduces an uninterrupted run (given
+    the same training arguments).
+    """
+
+    def state_dict(self) -> dict[str, object]:
+        """The CPU generator's state and, when CUDA is initialised, every GPU generator's state."""
+        state: dict[str, object] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        """Restore the generators (called by Lightning when training resumes from a checkpoint)."""
+        torch.set_rng_state(state_dict["cpu"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

@@ -9,6 +9,7 @@ from mudata import MuData
 from scvi.module.base import LossOutput
 
 from spvi._constants import PRESENCE_KEY
+from spvi._data import data_argument
 
 
 class VAEMixin:
@@ -33,6 +34,7 @@ class VAEMixin:
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
         return_mean: bool = True,
+        adata: MuData | None = None,
     ) -> float | torch.Tensor:
         """The evidence lower bound of the training objective (higher is better).
 
@@ -54,7 +56,10 @@ class VAEMixin:
             Minibatch size.
         return_mean
             Return the mean over cells; otherwise a tensor with one value per cell.
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
+        mdata = data_argument(mdata, adata)
         elbo = torch.cat(
             [
                 -(torch.stack(list(losses.reconstruction_loss.values())).sum(dim=0) + losses.kl_local["kl"]).cpu()
@@ -70,6 +75,7 @@ class VAEMixin:
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
         return_mean: bool = True,
+        adata: MuData | None = None,
     ) -> dict[str, float | torch.Tensor]:
         """The objective's reconstruction term of each modality: a negative log-likelihood (lower is better).
 
@@ -92,7 +98,10 @@ class VAEMixin:
         Returns
         -------
         ``{"reconstruction_<modality>": value}`` for every modality (the keys of the module's ``LossOutput``).
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
+        mdata = data_argument(mdata, adata)
         per_cell: dict[str, list[torch.Tensor]] = {}
         for tensors, losses in self._losses(mdata, indices, batch_size):
             present = tensors[PRESENCE_KEY].bool().cpu()
@@ -113,6 +122,7 @@ class VAEMixin:
         batch_size: int | None = None,
         return_mean: bool = True,
         n_mc_samples_per_pass: int = 100,
+        adata: MuData | None = None,
     ) -> float | torch.Tensor:
         """Importance-sampled log-likelihood of each cell's observed modalities (higher is better).
 
@@ -135,7 +145,10 @@ class VAEMixin:
             Return the mean over cells; otherwise a tensor with one value per cell.
         n_mc_samples_per_pass
             Samples decoded at once (memory: ``n_mc_samples_per_pass x batch_size x n_features`` per modality).
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
+        mdata = data_argument(mdata, adata)
         if not isinstance(n_mc_samples, int) or n_mc_samples < 1:
             raise ValueError(f"n_mc_samples must be a positive int, got {n_mc_samples!r}")
         log_px = torch.cat(

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from spvi._logging import no_pull_on_update
+
 
 def _dense_float(x) -> np.ndarray:
     """A dense 2-D float64 copy of a numpy array, scipy sparse matrix or DataFrame."""
@@ -206,7 +208,7 @@ def select_shared_and_other(
         selected[mod] = _select_in_modality(
             adata, mod, labels, is_train[adata.obs_names].to_numpy(), n_top, n_other, scale
         )
-    with md.set_options(pull_on_update=False):
+    with no_pull_on_update():
         result = md.MuData(selected)
     result.obs = mdata.obs.loc[result.obs_names].copy()
     result.uns = deepcopy(dict(mdata.uns))

@@ -360,7 +360,7 @@ def cross_modal_r2(
     R² per feature of ``target``, indexed by feature name.
     """
     registered = model._validate_anndata(mdata)
-    prediction = model.predict(source=source, target=target, mdata=mdata, batch_size=batch_size)
+    prediction = model.predict(source=source, target=target, mdata=mdata, batch_size=batch_size, return_numpy=True)
     presence = registered.obsm[PRESENCE_OBSM_KEY].astype(bool)
     columns = model._modality_indices(source, "source") + model._modality_indices(target, "target")
     both = presence[:, columns].all(axis=1)
@@ -413,7 +413,9 @@ def prediction_quality(
     both = np.flatnonzero(presence[:, model._modality_indices(sources, "source") + [target_index]].all(axis=1))
     if len(both) < 2:
         raise ValueError(f"fewer than two cells have both {sources} and {target!r}: nothing to evaluate")
-    prediction = model.predict(source=sources, target=target, mdata=mdata, batch_size=batch_size)[both]
+    prediction = model.predict(source=sources, target=target, mdata=mdata, batch_size=batch_size, return_numpy=True)[
+        both
+    ]
     observed = _dense_rows(registered.mod[target].X, both)
     likelihood = model.likelihoods[target]
     observed, prediction = _analysis_scale(likelihood, observed, prediction.astype(np.float64))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import mudata as md
 
+from spvi._logging import no_pull_on_update
+
 
 def read_packaged_or_local(packaged_file: str, path: str | PathLike | None, description: str) -> md.MuData:
     """Read ``path`` if given, else the copy of ``packaged_file`` in ``spvi/datasets/data``.
@@ -24,5 +26,5 @@ def read_packaged_or_local(packaged_file: str, path: str | PathLike | None, desc
 
 
 def _read(path: Path) -> md.MuData:
-    with md.set_options(pull_on_update=False):
+    with no_pull_on_update():
         return md.read_h5mu(path)

@@ -7,6 +7,8 @@ import mudata as md
 import numpy as np
 import pandas as pd
 
+from spvi._logging import no_pull_on_update
+
 _LENGTHSCALE = 1.0
 _VARIANCE = 1.0
 _JITTER = 1e-6
@@ -134,7 +136,7 @@ def synthetic_gp(
         var = pd.DataFrame({"is_shared": [j < n_shared_features for j in range(x.shape[1])]}, index=var_names)
         adatas[mod] = ad.AnnData(X=x.astype(np.float32), obs=pd.DataFrame(index=obs_names), var=var)
 
-    with md.set_options(pull_on_update=False):
+    with no_pull_on_update():
         mdata = md.MuData(adatas)
     mdata.obs["label"] = pd.Categorical(np.where(z_shared[:, 0] > 0, "1", "0"), categories=["0", "1"])
     mdata.obsm["true_z_shared"] = z_shared
