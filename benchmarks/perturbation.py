@@ -1,9 +1,9 @@
 """Synthetic CRISPR screen: how much of each simulated knock-down survives prediction of RNA from the guides alone.
 
-Data: :func:`spvi.datasets.synthetic_perturbation` (``--n-cells`` cells, ``--n-genes`` genes, ``--n-guides`` guides,
-20% of them non-targeting, a knock-down of ``--effects`` log units of each targeting guide's target and a downstream
-programme of 10 genes at +-0.5 log units, two replicates), for each number of private programmes in
-``--programmes`` and each seed (the data seed and the split seed).
+Data: :func:`spvi.datasets.synthetic_perturbation` (``--n-cells`` cells, default 2000; ``--n-genes`` genes, 500;
+``--n-guides`` guides, 15, a fifth of them non-targeting; a knock-down of ``--effects`` log units of each targeting
+guide's target and a downstream programme of ``--downstream-size`` genes, 10, at +-0.5 log units; two replicates),
+for each number of private programmes in ``--programmes`` and each seed (the data seed and the split seed).
 
 For each seed 20% of the cells (stratified by guide) are held out; models are trained on the others.
 
@@ -33,11 +33,12 @@ Per targeting guide with target gene ``t``:
 
 Usage::
 
-    python benchmarks/perturbation.py                    # the committed sweep (see benchmarks/README.md)
+    bash benchmarks/run_perturbation.sh sweep            # the committed sweep (see benchmarks/README.md)
+    bash benchmarks/run_perturbation.sh ablations        # the committed ablations
     python benchmarks/perturbation.py --smoke --output /tmp/perturbation.csv
 
 Variants for the ablations (``--cross-modal-private``, ``--no-marginal-dispersion``, ``--alignment-weight``,
-``--guide-likelihood``, ``--guide-input``) are named in the ``variant`` column; rows are appended when ``--append``.
+``--guide-likelihood``, ``--guide-input``, ``--max-kl-weight``, ``--downstream-size``) are named in the ``variant`` column; rows are appended when ``--append``.
 Writes ``<output>`` (one row per method, setting, seed and targeting guide) and ``<output stem>_summary.md``.
 """
 
@@ -154,7 +155,13 @@ def run_spvi(args, objective: str, mdata: md.MuData, train: np.ndarray, test: np
         alignment_weight=args.alignment_weight,
     )
     start = time.perf_counter()
-    model.train(max_epochs=args.epochs, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+    model.train(
+        max_epochs=args.epochs,
+        max_kl_weight=args.max_kl_weight,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     seconds = time.perf_counter() - start
     observed = normalised(mdata["rna"].X[test].astype(np.float64))
     predicted = normalised(model.predict(source="guide", target="rna", mdata=test_data).astype(np.float64))
@@ -177,7 +184,9 @@ def run_baselines(mdata: md.MuData, train: np.ndarray, test: np.ndarray) -> dict
     called = np.asarray(mdata["guide"].var_names)[guide_counts.argmax(axis=1)]
     group_means = pd.DataFrame(expression[train]).groupby(called[train]).mean()
     per_guide = group_means.loc[called[test]].to_numpy()
-    ridge = np.clip(ridge_predict(np.log1p(guide_counts[train]), expression[train], np.log1p(guide_counts[test])), 0, None)
+    ridge = np.clip(
+        ridge_predict(np.log1p(guide_counts[train]), expression[train], np.log1p(guide_counts[test])), 0, None
+    )
     observed = expression[test]
     return {
         "per-guide mean": recovery_rows(mdata, test, observed, per_guide),
@@ -197,6 +206,10 @@ def variant_name(args) -> str:
         parts.append(f"guide likelihood {args.guide_likelihood}")
     if args.guide_input != "counts":
         parts.append(f"guide input {args.guide_input}")
+    if args.max_kl_weight != 1.0:
+        parts.append(f"max_kl_weight={args.max_kl_weight:g}")
+    if args.downstream_size != 10:
+        parts.append(f"downstream_size={args.downstream_size}")
     return ", ".join(parts) or "default"
 
 
@@ -251,18 +264,20 @@ def summarize(table: pd.DataFrame, path: Path) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--effects", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    parser.add_argument("--effects", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--programmes", type=int, nargs="+", default=[2, 10])
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--n-cells", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--n-cells", type=int, default=2000)
     parser.add_argument("--n-genes", type=int, default=500)
-    parser.add_argument("--n-guides", type=int, default=20)
+    parser.add_argument("--n-guides", type=int, default=15)
     parser.add_argument("--cross-modal-private", default="zero", choices=["zero", "posterior"])
     parser.add_argument("--no-marginal-dispersion", action="store_true")
     parser.add_argument("--alignment-weight", type=float, default=1.0)
     parser.add_argument("--guide-likelihood", default="nb", choices=["nb", "poisson", "bernoulli", "nbmixture"])
     parser.add_argument("--guide-input", default="counts", choices=["counts", "binary"])
+    parser.add_argument("--max-kl-weight", type=float, default=1.0)
+    parser.add_argument("--downstream-size", type=int, default=10)
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--append", action="store_true", help="append to --output instead of overwriting it")
     parser.add_argument("--output", type=Path, default=RESULTS / "perturbation.csv")
@@ -288,6 +303,7 @@ def main() -> None:
                     n_guides=args.n_guides,
                     n_private_programmes=n_programmes,
                     effect=effect,
+                    downstream_size=args.downstream_size,
                     seed=seed,
                 )
                 train, test = split(mdata, seed)

@@ -1,4 +1,4 @@
-"""Smoke tests of the TCGA, CITE-seq and semi-supervised benchmark scripts (1-2 epochs, one seed).
+"""Smoke tests of the benchmark scripts (1-2 epochs, one seed).
 
 The scripts run in this process (their ``main`` with a patched ``sys.argv``) so that the heavy imports are paid
 once; each writes its CSV, markdown summary and figure into a temporary directory.
@@ -141,3 +141,33 @@ def test_integration_benchmark_smoke(tmp_path, cite_path):
     single = ["ratio_rna_only", "ratio_protein_only", "transfer_accuracy_rna_only", "transfer_accuracy_protein_only"]
     assert np.isfinite(cite.loc[("spvi mmvae++", "shared"), single].to_numpy(dtype=float)).all()
     assert (tmp_path / "summary.md").read_text().count("## ") == 2
+
+
+def test_perturbation_smoke(monkeypatch, tmp_path):
+    module = importlib.import_module("perturbation")
+    output = tmp_path / "perturbation.csv"
+    monkeypatch.setattr(sys, "argv", ["perturbation.py", "--smoke", "--output", str(output)])
+    module.main()
+    table = pd.read_csv(output)
+    # 6 guides, one non-targeting: 5 rows per method
+    assert table.groupby(["method", "objective"], dropna=False).size().eq(5).all()
+    assert set(table["method"]) == {"spvi", "per-guide mean", "ridge"}
+    assert set(table["objective"].dropna()) == {"mmvae++", "mmvae", "mopoe", "mvae"}
+    assert (table["observed_lfc"] < 0).all()  # every simulated knock-down is seen in the held-out cells
+    assert np.isfinite(table[["recovered", "downstream_recovered"]].to_numpy()).all()
+    # the group mean of the training cells recovers most of each knock-down on held-out cells
+    per_guide = table[table["method"] == "per-guide mean"]
+    assert per_guide["recovered"].mean() > 0.6
+    spvi_rows = table[table["method"] == "spvi"]
+    assert spvi_rows[["auc_rna", "auc_target"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (table["variant"] == "default").all()
+    summary = (tmp_path / "perturbation_summary.md").read_text()
+    assert summary.startswith("# ")
+    assert summary.count("| default ") == 6  # two baselines and four objectives
+    # an ablation appends to the same table under its own variant name
+    arguments = ["--smoke", "--output", str(output), "--append", "--no-baselines", "--objectives", "mmvae++"]
+    monkeypatch.setattr(sys, "argv", ["perturbation.py", *arguments, "--alignment-weight", "0"])
+    module.main()
+    appended = pd.read_csv(output).iloc[len(table) :]
+    assert len(appended) == 5
+    assert set(appended["variant"]) == {"alignment_weight=0"}

@@ -182,11 +182,11 @@ def synthetic_perturbation(
         guide_umis,
         ambient_umis,
     )
-    effects = np.broadcast_to(np.asarray(effect, dtype=np.float64), (n_targeting,)) if np.ndim(effect) == 0 else None
-    if effects is None:
-        effects = np.asarray(effect, dtype=np.float64)
-        if effects.shape != (n_targeting,):
-            raise ValueError(f"effect has {effects.size} values but there are {n_targeting} targeting guides")
+    effects = np.asarray(effect, dtype=np.float64)
+    if effects.ndim == 0:
+        effects = np.full(n_targeting, float(effects))
+    elif effects.shape != (n_targeting,):
+        raise ValueError(f"effect has {effects.size} values but there are {n_targeting} targeting guides")
     rng = np.random.default_rng(seed)
     gene_names = pd.Index([f"gene_{j}" for j in range(n_genes)])
     obs_names = pd.Index([f"cell_{i}" for i in range(n_cells)])
@@ -249,10 +249,11 @@ def synthetic_perturbation(
 
     obs = pd.DataFrame(index=obs_names)
     obs["guide"] = pd.Categorical(np.asarray(guide_names)[guide], categories=guide_names)
-    target_names = np.where(is_targeting, np.asarray(guide_names, dtype=object), "non-targeting")
-    target_names[is_targeting] = gene_names[targets]
+    target_names = np.asarray(["non-targeting"] * (n_guides - n_targeting) + list(gene_names[targets]), dtype=object)
     obs["target"] = pd.Categorical(target_names[guide])
-    obs["replicate"] = pd.Categorical([f"rep{r}" for r in replicate], categories=[f"rep{r}" for r in range(n_replicates)])
+    obs["replicate"] = pd.Categorical(
+        [f"rep{r}" for r in replicate], categories=[f"rep{r}" for r in range(n_replicates)]
+    )
     if cell_truth["state"] is not None:
         obs["cell_state"] = pd.Categorical([f"state_{s}" for s in cell_truth["state"]])
     if cell_truth["phase"] is not None:
@@ -274,7 +275,7 @@ def synthetic_perturbation(
     guide_var = pd.DataFrame(
         {
             "target": target_names,
-            "effect": np.where(is_targeting, np.concatenate([np.zeros(n_guides - n_targeting), effects]), 0.0),
+            "effect": np.concatenate([np.zeros(n_guides - n_targeting), effects]),
             "is_targeting": is_targeting,
         },
         index=pd.Index(guide_names),
