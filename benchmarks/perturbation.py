@@ -29,7 +29,9 @@ Per targeting guide with target gene ``t``:
 - ``auc_rna``: does ``z_shared`` from RNA alone separate the guide's cells from controls? Held-out AUC of a
   logistic regression (fit on training cells of that guide and the controls) on ``z_shared`` encoded from RNA only;
   ``auc_target`` the same on the observed log-normalised target gene alone (the single-gene reference). Only for
-  spvi rows.
+  spvi rows;
+- ``kl_shared_guide``: mean over held-out cells of ``KL(q(z_shared | guide) || N(0, I))`` (nats): 0 when the guide
+  expert's ``z_shared`` has collapsed to the prior.
 
 Usage::
 
@@ -38,7 +40,8 @@ Usage::
     python benchmarks/perturbation.py --smoke --output /tmp/perturbation.csv
 
 Variants for the ablations (``--cross-modal-private``, ``--no-marginal-dispersion``, ``--alignment-weight``,
-``--guide-likelihood``, ``--guide-input``, ``--max-kl-weight``, ``--downstream-size``) are named in the ``variant`` column; rows are appended when ``--append``.
+``--guide-likelihood``, ``--guide-input``, ``--max-kl-weight``, ``--downstream-size``) are named in the ``variant``
+column; rows are appended when ``--append``.
 Writes ``<output>`` (one row per method, setting, seed and targeting guide) and ``<output stem>_summary.md``.
 """
 
@@ -57,6 +60,7 @@ from baselines import ridge_predict
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
+from torch.distributions import Normal, kl_divergence
 
 import spvi
 
@@ -143,6 +147,19 @@ def separation_auc(mdata: md.MuData, train: np.ndarray, test: np.ndarray, z_trai
     return auc
 
 
+def guide_expert_kl(model: spvi.SPVI, mdata: md.MuData) -> float:
+    """Mean over cells of KL(q_guide(z_shared) || N(0, I)): how much the guide expert's ``z_shared`` says (0: the
+    prior for every cell, i.e. posterior collapse)."""
+    guide = model.modalities.index("guide")
+    kl = []
+    with torch.inference_mode():
+        for tensors in model._minibatches(mdata, None, None):
+            posterior = model.module.inference(**model.module._get_inference_input(tensors))["qz_shared"][guide]
+            prior = Normal(torch.zeros_like(posterior.loc), torch.ones_like(posterior.scale))
+            kl.append(kl_divergence(posterior, prior).sum(dim=1))
+    return float(torch.cat(kl).mean())
+
+
 def run_spvi(args, objective: str, mdata: md.MuData, train: np.ndarray, test: np.ndarray) -> tuple[list[dict], float]:
     train_data, test_data = subset(mdata, train, args.guide_input), subset(mdata, test, args.guide_input)
     likelihoods = {"rna": "nb", "guide": args.guide_likelihood}
@@ -170,7 +187,9 @@ def run_spvi(args, objective: str, mdata: md.MuData, train: np.ndarray, test: np
     z_rna_test = model.get_latent_representation(test_data, modality="rna")
     auc_rna = separation_auc(mdata, train, test, z_rna_train, z_rna_test)
     log_expression = np.log1p(normalised(mdata["rna"].X.astype(np.float64)))
+    kl_guide = guide_expert_kl(model, test_data)
     for row in rows:
+        row["kl_shared_guide"] = kl_guide
         target = mdata["rna"].var_names.get_loc(row["target"])
         gene = log_expression[:, [target]]
         row["auc_rna"] = auc_rna[row["guide"]]
@@ -226,6 +245,7 @@ def summarize(table: pd.DataFrame, path: Path) -> None:
         downstream=("downstream_recovered", "mean"),
         auc_rna=("auc_rna", "mean"),
         auc_target=("auc_target", "mean"),
+        kl_shared_guide=("kl_shared_guide", "first"),
         programme_share=("programme_variance_share", "first"),
     )
 
@@ -247,6 +267,7 @@ def summarize(table: pd.DataFrame, path: Path) -> None:
                 "downstream recovered": fmt(group["downstream"]),
                 "AUC z_shared from RNA": fmt(group["auc_rna"]),
                 "AUC target gene": fmt(group["auc_target"]),
+                "KL z_shared guide expert": fmt(group["kl_shared_guide"]),
             }
         )
     summary = pd.DataFrame(rows)
@@ -255,8 +276,10 @@ def summarize(table: pd.DataFrame, path: Path) -> None:
         "mean ± sd over seeds of the per-seed mean (and minimum) over targeting guides of predicted / observed "
         "pseudobulk log-fold change of the target gene against non-targeting controls; the downstream programme "
         "likewise; AUC: held-out cells of a guide vs controls, logistic regression on `z_shared` encoded from RNA "
-        "alone, and on the target gene alone. `private share of var(eta)`: share of the variance of the simulated "
-        "noise-free log expression explained by the private programmes.\n\n"
+        "alone, and on the target gene alone; `KL z_shared guide expert`: mean over held-out cells of "
+        "KL(q(z_shared | guide) || N(0, I)) in nats (0: the guide expert's `z_shared` is the prior for every cell). "
+        "`private share of var(eta)`: share of the variance of the simulated noise-free log expression explained by "
+        "the private programmes.\n\n"
     )
     path.write_text(header + summary.to_markdown(index=False) + "\n")
 

@@ -7,7 +7,7 @@
 # "ablations": MMVAE++ (and MMVAE) with one model option changed at a time, 10 programmes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+PY=${PY:-.venv/bin/python}
 WHAT=${1:-all}
 R=benchmarks/results
 if [ "$WHAT" = sweep ] || [ "$WHAT" = all ]; then
@@ -19,7 +19,7 @@ if [ "$WHAT" = ablations ] || [ "$WHAT" = all ]; then
   rm -f $R/perturbation_ablations.csv
   $PY benchmarks/perturbation.py "${OUT[@]}" --effects 1 2 --objectives mmvae++ mmvae --alignment-weight 0 \
     --max-kl-weight 0.1
-  for variant in "--alignment-weight 0" "--max-kl-weight 0.1" "--downstream-size 30" \
+  for variant in "" "--alignment-weight 0" "--max-kl-weight 0.1" "--downstream-size 30" \
     "--downstream-size 30 --alignment-weight 0" "--guide-likelihood bernoulli" "--guide-likelihood poisson" \
     "--guide-input binary" "--no-marginal-dispersion" "--cross-modal-private posterior"; do
     # shellcheck disable=SC2086
