@@ -67,6 +67,7 @@ import spvi
 RESULTS = Path(__file__).parent / "results"
 OBJECTIVES = ("mmvae++", "mmvae", "mopoe", "mvae")
 SCALE = 1e4
+DEFAULT_EPOCHS = 60
 
 
 def split(mdata: md.MuData, seed: int, fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
@@ -229,6 +230,8 @@ def variant_name(args) -> str:
         parts.append(f"max_kl_weight={args.max_kl_weight:g}")
     if args.downstream_size != 10:
         parts.append(f"downstream_size={args.downstream_size}")
+    if args.epochs != DEFAULT_EPOCHS:
+        parts.append(f"{args.epochs} epochs")
     return ", ".join(parts) or "default"
 
 
@@ -290,7 +293,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--effects", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--programmes", type=int, nargs="+", default=[2, 10])
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--n-cells", type=int, default=2000)
     parser.add_argument("--n-genes", type=int, default=500)
     parser.add_argument("--n-guides", type=int, default=15)

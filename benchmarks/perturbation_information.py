@@ -66,7 +66,13 @@ def guide_information_gain(mdata, train: np.ndarray, test: np.ndarray) -> tuple[
 
 def main() -> None:
     rows = []
-    for n_programmes, effect, downstream_size in [(10, 1.0, 10), (10, 2.0, 10), (2, 2.0, 10), (10, 1.0, 30)]:
+    for n_programmes, effect, downstream_size in [
+        (10, 1.0, 10),
+        (10, 2.0, 10),
+        (2, 2.0, 10),
+        (10, 1.0, 30),
+        (10, 2.0, 30),
+    ]:
         for seed in (0, 1, 2):
             mdata = spvi.datasets.synthetic_perturbation(
                 n_cells=2000,

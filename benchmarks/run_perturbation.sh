@@ -4,7 +4,7 @@
 #   bash benchmarks/run_perturbation.sh [sweep|ablations|all]    (CPU, one torch thread; runtimes in benchmarks/README.md)
 # "sweep": the four objectives, per-guide mean and ridge; 10 private programmes at knock-downs of 1 and 2 log units,
 #   2 programmes at 2 log units; 3 seeds.
-# "ablations": MMVAE++ (and MMVAE) with one model option changed at a time, 10 programmes.
+# "ablations": MMVAE++ (and MMVAE) with one model option or the training length changed, 10 programmes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -24,5 +24,15 @@ if [ "$WHAT" = ablations ] || [ "$WHAT" = all ]; then
     "--guide-input binary" "--no-marginal-dispersion" "--cross-modal-private posterior"; do
     # shellcheck disable=SC2086
     $PY benchmarks/perturbation.py "${OUT[@]}" --effects 2 --seeds 0 --objectives mmvae++ $variant --append
+  done
+  $PY benchmarks/perturbation.py "${OUT[@]}" --effects 2 --seeds 0 --objectives mmvae++ --alignment-weight 0 \
+    --max-kl-weight 0.01 --append
+  # training length: the defaults and the two changes at 200 epochs (400 = scvi-tools' heuristic for 1,600 cells)
+  $PY benchmarks/perturbation.py "${OUT[@]}" --effects 2 --seeds 0 1 2 --objectives mmvae++ mmvae --alignment-weight 0 \
+    --max-kl-weight 0.1 --epochs 200 --append
+  $PY benchmarks/perturbation.py "${OUT[@]}" --effects 1 --seeds 0 --objectives mmvae++ --alignment-weight 0 \
+    --max-kl-weight 0.1 --epochs 200 --append
+  for epochs in 200 400; do
+    $PY benchmarks/perturbation.py "${OUT[@]}" --effects 2 --seeds 0 --objectives mmvae++ --epochs $epochs --append
   done
 fi

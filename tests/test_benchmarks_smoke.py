@@ -160,14 +160,14 @@ def test_perturbation_smoke(monkeypatch, tmp_path):
     assert per_guide["recovered"].mean() > 0.6
     spvi_rows = table[table["method"] == "spvi"]
     assert spvi_rows[["auc_rna", "auc_target"]].apply(lambda c: c.between(0, 1)).all().all()
-    assert (table["variant"] == "default").all()
+    assert (table["variant"] == "2 epochs").all()  # the smoke run's training length is not the default
     summary = (tmp_path / "perturbation_summary.md").read_text()
     assert summary.startswith("# ")
-    assert summary.count("| default ") == 6  # two baselines and four objectives
+    assert summary.count("| 2 epochs ") == 6  # two baselines and four objectives
     # an ablation appends to the same table under its own variant name
     arguments = ["--smoke", "--output", str(output), "--append", "--no-baselines", "--objectives", "mmvae++"]
     monkeypatch.setattr(sys, "argv", ["perturbation.py", *arguments, "--alignment-weight", "0"])
     module.main()
     appended = pd.read_csv(output).iloc[len(table) :]
     assert len(appended) == 5
-    assert set(appended["variant"]) == {"alignment_weight=0"}
+    assert set(appended["variant"]) == {"alignment_weight=0, 2 epochs"}
