@@ -13,7 +13,8 @@ For each seed 20% of the cells (stratified by guide) are held out; models are tr
   target="rna")`` (``z_shared`` from the guide expert, the RNA private block at 0, the cell's own library size).
 - per-guide mean: each held-out cell gets the mean normalised expression of the training cells of its called guide
   (the guide with most counts); the group mean that a perturbation analysis would compute.
-- ridge: ``RidgeCV`` from ``log1p`` guide counts to normalised expression, fit on the training cells.
+- ridge: ``RidgeCV`` from ``log1p`` guide counts to normalised expression, fit on the training cells, with one
+  penalty for all genes (``ridge``) or one per gene (``ridge, penalty per gene``).
 
 Scale: normalised expression ``x / library * 1e4`` (``library`` = total RNA counts of the cell; for spvi the
 predicted expected counts over their sum). For a group of held-out cells (the cells of one guide, or the
@@ -204,14 +205,17 @@ def run_baselines(mdata: md.MuData, train: np.ndarray, test: np.ndarray) -> dict
     called = np.asarray(mdata["guide"].var_names)[guide_counts.argmax(axis=1)]
     group_means = pd.DataFrame(expression[train]).groupby(called[train]).mean()
     per_guide = group_means.loc[called[test]].to_numpy()
-    ridge = np.clip(
-        ridge_predict(np.log1p(guide_counts[train]), expression[train], np.log1p(guide_counts[test])), 0, None
-    )
     observed = expression[test]
-    return {
-        "per-guide mean": recovery_rows(mdata, test, observed, per_guide),
-        "ridge": recovery_rows(mdata, test, observed, ridge),
-    }
+    rows = {"per-guide mean": recovery_rows(mdata, test, observed, per_guide)}
+    for method, alpha_per_target in (("ridge", False), ("ridge, penalty per gene", True)):
+        ridge = ridge_predict(
+            np.log1p(guide_counts[train]),
+            expression[train],
+            np.log1p(guide_counts[test]),
+            alpha_per_target=alpha_per_target,
+        )
+        rows[method] = recovery_rows(mdata, test, observed, np.clip(ridge, 0, None))
+    return rows
 
 
 def variant_name(args) -> str:

@@ -151,7 +151,7 @@ def test_perturbation_smoke(monkeypatch, tmp_path):
     table = pd.read_csv(output)
     # 6 guides, one non-targeting: 5 rows per method
     assert table.groupby(["method", "objective"], dropna=False).size().eq(5).all()
-    assert set(table["method"]) == {"spvi", "per-guide mean", "ridge"}
+    assert set(table["method"]) == {"spvi", "per-guide mean", "ridge", "ridge, penalty per gene"}
     assert set(table["objective"].dropna()) == {"mmvae++", "mmvae", "mopoe", "mvae"}
     assert (table["observed_lfc"] < 0).all()  # every simulated knock-down is seen in the held-out cells
     assert np.isfinite(table[["recovered", "downstream_recovered"]].to_numpy()).all()
@@ -163,7 +163,7 @@ def test_perturbation_smoke(monkeypatch, tmp_path):
     assert (table["variant"] == "2 epochs").all()  # the smoke run's training length is not the default
     summary = (tmp_path / "perturbation_summary.md").read_text()
     assert summary.startswith("# ")
-    assert summary.count("| 2 epochs ") == 6  # two baselines and four objectives
+    assert summary.count("| 2 epochs ") == 7  # three baselines and four objectives
     # an ablation appends to the same table under its own variant name
     arguments = ["--smoke", "--output", str(output), "--append", "--no-baselines", "--objectives", "mmvae++"]
     monkeypatch.setattr(sys, "argv", ["perturbation.py", *arguments, "--alignment-weight", "0"])
