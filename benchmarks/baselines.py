@@ -211,13 +211,18 @@ def _impute_test(x_test: np.ndarray, x_train: np.ndarray) -> np.ndarray:
 
 
 def ridge_predict(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alphas: Sequence[float] = RIDGE_ALPHAS
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    alphas: Sequence[float] = RIDGE_ALPHAS,
+    alpha_per_target: bool = False,
 ) -> np.ndarray:
     """Predict the target of held-out samples from the source by ridge regression.
 
-    :class:`sklearn.linear_model.RidgeCV` (one penalty for all targets, chosen by efficient leave-one-out
-    CV among ``alphas``) is fit on the training samples that have both source and target without ``NaN``;
-    ``NaN`` source values of test samples are replaced by the training mean.
+    :class:`sklearn.linear_model.RidgeCV` (one penalty for all targets, or one per target feature with
+    ``alpha_per_target``, chosen by efficient leave-one-out CV among ``alphas``) is fit on the training samples that
+    have both source and target without ``NaN``; ``NaN`` source values of test samples are replaced by the training
+    mean.
 
     Parameters
     ----------
@@ -227,13 +232,15 @@ def ridge_predict(
         Source of the test samples.
     alphas
         Candidate penalties.
+    alpha_per_target
+        Choose the penalty per target feature instead of one for all.
 
     Returns
     -------
     Predicted target of the test samples.
     """
     x, y = _complete_training_rows(x_train, y_train)
-    model = RidgeCV(alphas=np.asarray(alphas)).fit(x, y)
+    model = RidgeCV(alphas=np.asarray(alphas), alpha_per_target=alpha_per_target).fit(x, y)
     return model.predict(_impute_test(x_test, x))
 
 

@@ -151,3 +151,33 @@ def test_query_mapping_smoke(tmp_path):
     assert set(table["query_modalities"]) == {"rna+protein", "rna only", "protein only"}
     assert table["accuracy"].between(0, 1).all()
     assert (table["n_query"] == 400).all()
+
+
+def test_perturbation_smoke(monkeypatch, tmp_path):
+    module = importlib.import_module("perturbation")
+    output = tmp_path / "perturbation.csv"
+    monkeypatch.setattr(sys, "argv", ["perturbation.py", "--smoke", "--output", str(output)])
+    module.main()
+    table = pd.read_csv(output)
+    # 6 guides, one non-targeting: 5 rows per method
+    assert table.groupby(["method", "objective"], dropna=False).size().eq(5).all()
+    assert set(table["method"]) == {"spvi", "per-guide mean", "ridge", "ridge, penalty per gene"}
+    assert set(table["objective"].dropna()) == {"mmvae++", "mmvae", "mopoe", "mvae"}
+    assert (table["observed_lfc"] < 0).all()  # every simulated knock-down is seen in the held-out cells
+    assert np.isfinite(table[["recovered", "downstream_recovered"]].to_numpy()).all()
+    # the group mean of the training cells recovers most of each knock-down on held-out cells
+    per_guide = table[table["method"] == "per-guide mean"]
+    assert per_guide["recovered"].mean() > 0.6
+    spvi_rows = table[table["method"] == "spvi"]
+    assert spvi_rows[["auc_rna", "auc_target"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (table["variant"] == "2 epochs").all()  # the smoke run's training length is not the default
+    summary = (tmp_path / "perturbation_summary.md").read_text()
+    assert summary.startswith("# ")
+    assert summary.count("| 2 epochs ") == 7  # three baselines and four objectives
+    # an ablation appends to the same table under its own variant name
+    arguments = ["--smoke", "--output", str(output), "--append", "--no-baselines", "--objectives", "mmvae++"]
+    monkeypatch.setattr(sys, "argv", ["perturbation.py", *arguments, "--alignment-weight", "0"])
+    module.main()
+    appended = pd.read_csv(output).iloc[len(table) :]
+    assert len(appended) == 5
+    assert set(appended["variant"]) == {"alignment_weight=0, 2 epochs"}

@@ -5,7 +5,7 @@ import pytest
 from scipy import sparse
 from sklearn.neighbors import KNeighborsRegressor
 
-from spvi.datasets import cll, pbmc_cite_mosaic, synthetic_gp
+from spvi.datasets import cll, pbmc_cite_mosaic, synthetic_gp, synthetic_perturbation
 from spvi.metrics import r2_per_feature
 
 
@@ -152,3 +152,84 @@ def test_pbmc_cite_mosaic_packaged_matches_shared_copy(cite_path, tmp_path):
         assert (mdata[mod].X != from_path[mod].X).nnz == 0
     with pytest.raises(FileNotFoundError, match="PBMC CITE-seq data file .*missing.h5mu"):
         pbmc_cite_mosaic(path=tmp_path / "missing.h5mu")
+
+
+@pytest.fixture(scope="module")
+def screen() -> md.MuData:
+    return synthetic_perturbation(n_cells=1500, n_genes=200, n_guides=8, n_private_programmes=4, effect=1.5, seed=2)
+
+
+def test_synthetic_perturbation_layout(screen):
+    assert {mod: screen[mod].shape for mod in screen.mod} == {"rna": (1500, 200), "guide": (1500, 8)}
+    for mod in screen.mod:
+        x = screen[mod].X
+        assert x.dtype == np.float32
+        np.testing.assert_array_equal(x, np.round(x))
+        assert x.min() >= 0
+    guides = screen["guide"].var
+    # 20% of 8 guides -> 2 non-targeting controls, each targeting guide with its own target gene
+    assert (~guides["is_targeting"]).sum() == 2
+    targets = guides.loc[guides["is_targeting"], "target"]
+    assert targets.is_unique
+    assert set(targets) == set(screen["rna"].var_names[screen["rna"].var["is_target"]])
+    np.testing.assert_array_equal(guides.loc[guides["is_targeting"], "effect"], 1.5)
+    # every cell's dominant guide has the most guide counts; ambient counts elsewhere
+    called = guides.index[screen["guide"].X.argmax(axis=1)]
+    assert (called == screen.obs["guide"].to_numpy()).mean() > 0.97
+    assert (screen["guide"].X > 0).sum(axis=1).mean() > 1.5
+    assert set(screen.obs["replicate"]) == {"rep0", "rep1"}
+    assert screen.obs["cell_state"].nunique() == 2
+    assert screen.obsm["programme_activity"].shape == (1500, 4)
+    assert screen["rna"].varm["programme_loading"].shape == (200, 4)
+    effects = screen["rna"].varm["perturbation_effect"]
+    assert list(effects.columns) == list(guides.index)
+    # a target and 10 downstream genes per targeting guide, nothing for the controls
+    assert ((effects != 0).sum(axis=0).to_numpy() == [0, 0] + [11] * 6).all()
+    shares = screen.uns["synthetic_perturbation"]["variance_share"]
+    assert shares["programmes"] > 0.5 > shares["perturbations"]
+
+
+def test_synthetic_perturbation_knock_down_measured(screen):
+    counts = screen["rna"].X.astype(np.float64)
+    log_normalised = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
+    controls = (screen.obs["target"] == "non-targeting").to_numpy()
+    effects = screen["rna"].varm["perturbation_effect"]
+    for guide, target in screen["guide"].var.loc[lambda v: v["is_targeting"], "target"].items():
+        cells = (screen.obs["guide"] == guide).to_numpy()
+        j = screen["rna"].var_names.get_loc(target)
+        # the knocked-down target is lower in the guide's cells, by about the effect on the mean's log scale
+        log_fold = np.log(counts[cells, j].mean() / counts[controls, j].mean())
+        assert -2.1 < log_fold < -0.9
+        assert log_normalised[cells, j].mean() < log_normalised[controls, j].mean() - 0.4
+        # downstream genes move in the simulated direction on average
+        downstream = np.flatnonzero(effects[guide].to_numpy() * (np.arange(len(effects)) != j))
+        shift = log_normalised[cells][:, downstream].mean(axis=0) - log_normalised[controls][:, downstream].mean(axis=0)
+        assert np.mean(np.sign(shift) == np.sign(effects[guide].to_numpy()[downstream])) >= 0.7
+
+
+def test_synthetic_perturbation_seed_and_settings():
+    first = synthetic_perturbation(n_cells=300, n_genes=100, n_guides=5, seed=3)
+    again = synthetic_perturbation(n_cells=300, n_genes=100, n_guides=5, seed=3)
+    other = synthetic_perturbation(n_cells=300, n_genes=100, n_guides=5, seed=4)
+    for mod in ("rna", "guide"):
+        np.testing.assert_array_equal(first[mod].X, again[mod].X)
+        assert not np.array_equal(first[mod].X, other[mod].X)
+    pd.testing.assert_series_equal(first.obs["guide"], again.obs["guide"])
+    few = synthetic_perturbation(n_cells=300, n_genes=100, n_guides=5, n_private_programmes=1, downstream_size=0)
+    assert "cell_cycle_phase" not in few.obs
+    assert few["rna"].var["is_downstream"].sum() == 0
+    many = synthetic_perturbation(n_cells=300, n_genes=100, n_guides=5, n_private_programmes=10)
+    assert many.uns["synthetic_perturbation"]["variance_share"]["programmes"] > 0.8
+    per_guide = synthetic_perturbation(n_cells=300, n_genes=100, n_guides=5, effect=[0.5, 1.0, 2.0, 3.0])
+    assert per_guide["guide"].var["effect"].tolist() == [0.0, 0.5, 1.0, 2.0, 3.0]
+
+
+def test_synthetic_perturbation_errors():
+    with pytest.raises(ValueError, match="effect has 2 values but there are 4 targeting guides"):
+        synthetic_perturbation(n_cells=100, n_genes=100, n_guides=5, effect=[1.0, 2.0])
+    with pytest.raises(ValueError, match="need 88 distinct genes, but n_genes=50"):
+        synthetic_perturbation(n_cells=100, n_genes=50, n_guides=10)
+    with pytest.raises(ValueError, match="leaves no targeting guide"):
+        synthetic_perturbation(n_cells=100, n_guides=1)
+    with pytest.raises(ValueError, match="non_targeting_fraction must be in"):
+        synthetic_perturbation(n_cells=100, non_targeting_fraction=1.0)
