@@ -183,7 +183,9 @@ def run_spvi(args, objective: str, mdata: md.MuData, train: np.ndarray, test: np
     )
     seconds = time.perf_counter() - start
     observed = normalised(mdata["rna"].X[test].astype(np.float64))
-    predicted = normalised(model.predict(source="guide", target="rna", mdata=test_data).astype(np.float64))
+    predicted = normalised(
+        model.predict(source="guide", target="rna", mdata=test_data, return_numpy=True).astype(np.float64)
+    )
     rows = recovery_rows(mdata, test, observed, predicted)
     z_rna_train = model.get_latent_representation(train_data, modality="rna")
     z_rna_test = model.get_latent_representation(test_data, modality="rna")
