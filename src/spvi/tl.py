@@ -21,13 +21,20 @@ import torch
 from mudata import MuData
 from sklearn.model_selection import train_test_split
 
-from spvi._constants import PRESENCE_KEY, PRESENCE_OBSM_KEY, SHARED_OBSM_KEY, private_obsm_key
+from spvi._constants import PRESENCE_KEY, PRESENCE_OBSM_KEY, SHARED_OBSM_KEY, data_key, private_obsm_key
+from spvi._likelihoods import _theta
 from spvi._model import SPVI
 from spvi.metrics import knn_accuracy, label_auc, pearson_per_feature, r2_per_feature
 
 #: Names of the three reconstructions compared by :func:`variance_explained`.
 BLOCKS = ("shared", "private", "shared+private")
 _COUNT_LIKELIHOODS = ("nb", "zinb", "poisson", "nbmixture")
+#: ``mdata.uns`` key under which the ``tl`` functions store their results (a dict).
+UNS_KEY = "spvi"
+#: ``mdata[modality].varm`` key of the per-feature variance explained.
+VARIANCE_VARM_KEY = "spvi_variance_explained"
+_EPS_PROB = 1e-10
+_NEWTON_STEPS = 25
 
 
 # ---------------------------------------------------------------------- helpers
@@ -109,93 +116,242 @@ def _dimension_names(model: SPVI, kind: str, modality: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------- variance explained
-@torch.inference_mode()
-def _block_reconstructions(
+def _nb_theta(model: SPVI, m: int) -> torch.Tensor | None:
+    """The per-feature inverse dispersion of modality ``m``'s NB-family head (conditional), else ``None``."""
+    head = model.module.decoders[m].likelihood
+    log_theta = getattr(head, "log_theta", None)
+    return None if log_theta is None else _theta(log_theta.detach()).to(torch.float64)
+
+
+def _unit_deviance(likelihood: str, x: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    """Element-wise deviance ``2 (log p(x | saturated) - log p(x | mean))`` of the likelihood's family.
+
+    ``nb``, ``zinb`` and ``nbmixture``: negative binomial with the head's per-feature inverse dispersion
+    ``theta``; ``poisson``: Poisson; ``bernoulli``: Bernoulli on ``x > 0``; ``gaussian``: the squared residual
+    (0 where ``x`` is ``NaN``).
+    """
+    if likelihood == "gaussian":
+        return torch.where(torch.isnan(x), torch.zeros_like(x), x - mean) ** 2
+    if likelihood == "bernoulli":
+        p = mean.clamp(_EPS_PROB, 1.0 - _EPS_PROB)
+        return -2.0 * torch.where(x > 0, torch.log(p), torch.log1p(-p))
+    mean = mean.clamp(min=_EPS_PROB)
+    x_log_ratio = torch.where(x > 0, x * torch.log(x.clamp(min=_EPS_PROB) / mean), torch.zeros_like(x))
+    if likelihood == "poisson":
+        return 2.0 * (x_log_ratio - (x - mean))
+    return 2.0 * (x_log_ratio - (x + theta) * torch.log((x + theta) / (mean + theta)))
+
+
+def _null_deviance(likelihood: str, x: torch.Tensor, library: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    """Per-feature deviance of the intercept-only model (the maximum-likelihood feature mean), ``(features,)``.
+
+    The mean is ``library * exp(c)`` for count likelihoods (``library * sigmoid(c)`` for ``bernoulli``;
+    ``library`` is 1 for ``nbmixture``), with ``c`` per feature fitted by Newton's method; for ``gaussian`` the
+    feature's mean.
+    """
+    if likelihood == "gaussian":
+        return _unit_deviance(likelihood, x, torch.nanmean(x, dim=0), theta).sum(dim=0)
+    positive = (x > 0).to(x.dtype)
+    if likelihood == "bernoulli":
+        start = (positive.mean(dim=0) / library.mean()).clamp(1e-6, 1 - 1e-6)
+        intercept = torch.logit(start)
+    else:
+        intercept = torch.log(x.sum(dim=0).clamp(min=_EPS_PROB) / library.sum())
+    link = torch.sigmoid if likelihood == "bernoulli" else torch.exp
+    for _ in range(_NEWTON_STEPS):
+        with torch.enable_grad():
+            c = intercept.clone().requires_grad_(True)
+            deviance = _unit_deviance(likelihood, x, library * link(c), theta).sum()
+            (gradient,) = torch.autograd.grad(deviance, c, create_graph=True)
+            (curvature,) = torch.autograd.grad(gradient.sum(), c)
+        step = gradient.detach() / curvature.clamp(min=1e-12)
+        intercept = intercept - step.clamp(-5.0, 5.0)
+    return _unit_deviance(likelihood, x, library * link(intercept), theta).sum(dim=0)
+
+
+def _reconstruction_latents(n_shared: int, n_private: int) -> dict[str, torch.Tensor]:
+    """Mask over ``[z_shared, z_private]`` per reconstruction: ``z_shared`` alone, both, and all but each dimension."""
+    n_latent = n_shared + n_private
+    masks = {"shared": torch.arange(n_latent) < n_shared, "shared+private": torch.ones(n_latent, dtype=torch.bool)}
+    for d in range(n_latent):
+        masks[f"without_{d}"] = torch.arange(n_latent) != d
+    return masks
+
+
+def _deviance_explained(
     model: SPVI, mdata: MuData | None, modality: str, batch_size: int | None
-) -> dict[str, np.ndarray]:
-    """Expected value of ``modality`` decoded from each block alone and from both, for every cell."""
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-feature deviance of each reconstruction of ``modality`` and of the intercept-only model.
+
+    Each reconstruction decodes the posterior means with the dimensions outside its mask at their prior mean 0,
+    at the cell's own library size (or learned depth) and covariates; only cells that have the modality count.
+    """
+    module = model.module
     (m,) = model._modality_indices([modality], "modality")
-    decoded = {block: [] for block in BLOCKS}
-    for tensors, z_shared, z_private in _posterior_means(model, mdata, m, batch_size):
-        inputs = {
-            "shared": (torch.cat([z_shared, torch.zeros_like(z_private)], dim=1), True),
-            "private": (torch.cat([torch.zeros_like(z_shared), z_private], dim=1), False),
-            "shared+private": (torch.cat([z_shared, z_private], dim=1), False),
+    likelihood = model.likelihoods[modality]
+    theta = _nb_theta(model, m)
+    masks = _reconstruction_latents(module.n_shared, module.n_private[m])
+    residual = dict.fromkeys(masks, 0.0)
+    observed_rows, libraries = [], []
+    for tensors, z_shared, z_private in _posterior_means_no_grad(model, mdata, m, batch_size):
+        observed = tensors[PRESENCE_KEY][:, m].bool()
+        if not observed.any():
+            continue
+        tensors = {key: value[observed] for key, value in tensors.items()}
+        z = torch.cat([z_shared, z_private], dim=1)[observed]
+        x = tensors[data_key(modality)].to(torch.float64)
+        library = module.cell_library(m, tensors[data_key(modality)], torch.ones_like(z[:, :1], dtype=torch.bool))
+        rows = torch.ones(z.shape[0], 1, dtype=torch.bool, device=z.device)
+        for name, mask in masks.items():
+            params = module.decoders[m](z * mask.to(z), library, ~rows, *module._categorical(tensors))
+            mean = module.decoders[m].likelihood.expected_value(params).to(torch.float64)
+            residual[name] = residual[name] + _unit_deviance(likelihood, x, mean, theta).sum(dim=0).cpu()
+        observed_rows.append(x.cpu())
+        libraries.append(library.to(torch.float64).cpu())
+    if not observed_rows:
+        raise ValueError(f"no cell has modality {modality!r}: nothing to explain")
+    uses_library = module.decoders[m].likelihood.uses_library
+    x, library = torch.cat(observed_rows), torch.cat(libraries)
+    null = _null_deviance(
+        likelihood, x, library if uses_library else torch.ones_like(library), theta.cpu() if theta is not None else None
+    )
+    return {name: value.numpy() for name, value in residual.items()}, null.numpy()
+
+
+def _fractions(residual: dict[str, np.ndarray], null: np.ndarray, dimension_names: list[str], index) -> pd.DataFrame:
+    """Fractions of the null deviance: ``z_shared`` alone, what the private block adds, both, and each dimension.
+
+    A dimension's fraction is what the full reconstruction loses without it, ``(D_without - D_both) / D_0``.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(null > 0, null, np.nan)
+        both = residual["shared+private"]
+        columns = {
+            "shared": 1.0 - residual["shared"] / scale,
+            "private": (residual["shared"] - both) / scale,
+            "shared+private": 1.0 - both / scale,
         }
-        for block, (z, marginal) in inputs.items():
-            decoded[block].append(_decode_mean(model, m, z, tensors, marginal).cpu())
-    return {block: torch.cat(parts).numpy().astype(np.float64) for block, parts in decoded.items()}
+        for d, name in enumerate(dimension_names):
+            columns[name] = (residual[f"without_{d}"] - both) / scale
+    return pd.DataFrame(columns, index=pd.Index(index, name="feature"))
+
+
+def _store(mdata: MuData, key: str, value) -> None:
+    """Write ``value`` into ``mdata.uns["spvi"][key]``."""
+    if not isinstance(mdata.uns.get(UNS_KEY), dict):
+        mdata.uns[UNS_KEY] = {}
+    mdata.uns[UNS_KEY][key] = value
 
 
 def variance_explained(
     model: SPVI,
     mdata: MuData | None = None,
     modalities: str | Sequence[str] | None = None,
+    by: Literal["block", "dimension"] = "block",
     per_feature: bool = False,
     batch_size: int | None = None,
-) -> pd.DataFrame:
-    """Variance of each modality explained by ``z_shared``, by its private block, and by both (MOFA+-style R²).
+    inplace: bool = True,
+) -> pd.DataFrame | None:
+    """Fraction of each modality explained by ``z_shared``, by its private block and by each latent dimension.
 
-    For each modality the decoder is run at the posterior means with (a) ``z_shared`` and the private block at
-    its prior mean 0, (b) the private block and ``z_shared`` at 0, (c) both. The R² of each reconstruction is
-    ``1 - SS_res / SS_tot`` on the analysis scale (see :mod:`spvi.tl`), over the cells that have the modality,
-    with ``SS_tot`` around each feature's mean. ``z_shared`` is the joint posterior mean from all the cell's
-    modalities. The decoder is non-linear, so the shared and the private R² need not add up to the joint one,
-    and a block that explains nothing on its own can have R² < 0.
+    The data are compared with reconstructions that decode the cell's posterior means, at its library size (or
+    learned depth) and covariates, with some latent dimensions at their prior mean 0. Each is scored by its
+    deviance ``D`` under the modality's likelihood family, relative to the deviance ``D_0`` of the
+    intercept-only model (each feature's maximum-likelihood mean, scaled by the same library size):
+
+    - ``shared``: ``1 - D / D_0`` of ``z_shared`` alone, the private block at 0: the model's reconstruction
+      from what the modalities share (its cross-modal prediction, from the joint ``z_shared``);
+    - ``private``: what the private block adds to it, ``(D_shared - D_both) / D_0``;
+    - ``shared+private``: ``1 - D_both / D_0`` (the sum of the two);
+    - each dimension: what the full reconstruction loses without it, ``(D_without - D_both) / D_0``: the
+      analogue of MOFA+'s per-factor variance explained (for a linear decoder with uncorrelated factors the two
+      coincide; a dimension alone, the others at 0, decodes far from any cell). The dimensions' values need not
+      add up to their block's.
+
+    The families: negative binomial with the decoder's per-feature dispersion for ``nb``, ``zinb`` and
+    ``nbmixture``; Poisson; Bernoulli on ``x > 0`` for ``bernoulli``; for ``gaussian`` the deviance is the
+    residual sum of squares, so the fractions are MOFA+'s R² (``1 - SS_res / SS_tot``, ``NaN`` entries left
+    out). Only cells that have the modality count; ``z_shared`` is the joint posterior mean from all their
+    modalities. The deviance weighs each count's residual by the likelihood's own variance, so that the
+    sampling noise of sparse counts, which no latent can explain, does not swamp the score as it does in an R²
+    of log-normalised counts (MMVAE++ on the CITE-seq mosaic, 200 epochs: ``z_shared`` explains 0.31 of the
+    RNA's and 0.50 of the protein's deviance, but an R² of log-normalised counts of -0.07 and 0.24). A value
+    below 0 means a reconstruction worse than the intercept-only model.
 
     Parameters
     ----------
     model
         A trained model.
     mdata
-        MuData to evaluate on (default: the training data).
+        MuData to evaluate on and write into (default: the training data).
     modalities
         Modalities to evaluate (default all).
+    by
+        What the returned table is per (with ``inplace=False``): ``"block"`` or ``"dimension"``.
     per_feature
-        Return one R² per feature instead of one per modality.
+        Return one value per feature (with ``inplace=False``).
     batch_size
         Minibatch size.
+    inplace
+        Write the results into ``mdata`` and return ``None`` (as scanpy's ``inplace``); ``False``: return the
+        table and write nothing.
 
     Returns
     -------
-    ``per_feature=False``: modalities x ``["shared", "private", "shared+private"]``, the R² of all features of the
-    modality together (sums of squares pooled over features). ``per_feature=True``: one row per feature with
-    columns ``modality``, ``feature`` and the three R² (``NaN`` for constant features).
+    ``None`` with ``inplace=True``; the results are then in ``mdata.uns["spvi"]["variance_explained"]`` (the
+    ``by="block"`` table), ``mdata.uns["spvi"]["variance_explained_dimensions"]`` (the ``by="dimension"``
+    table) and ``mdata[modality].varm["spvi_variance_explained"]`` (features x reconstructions). Otherwise
+    ``by="block"``: modalities x ``["shared", "private", "shared+private"]``; ``by="dimension"``: latent
+    dimensions (``"shared_0"``, ..., ``"private_<modality>_0"``, ...) x modalities, ``NaN`` where a private
+    dimension is not the modality's; ``per_feature=True``: one row per feature with columns ``modality``,
+    ``feature`` and the blocks' or dimensions' fractions (``NaN`` for features the null model fits exactly).
 
     Examples
     --------
-    >>> r2 = spvi.tl.variance_explained(model)
-    >>> spvi.pl.variance_explained(r2)
+    >>> spvi.tl.variance_explained(model)
+    >>> spvi.pl.variance_explained(model.mdata, by="dimension")
     """
     _check_model(model)
+    if by not in ("block", "dimension"):
+        raise ValueError(f"by must be 'block' or 'dimension', got {by!r}")
+    user_mdata = model.mdata if mdata is None else mdata
     registered = model._validate_anndata(mdata)
-    rows_out, totals = [], {}
+    blocks, dimensions, features = {}, {}, []
     for modality in _modality_list(model, modalities):
-        rows, observed = _observed(model, registered, modality)
-        decoded = _block_reconstructions(model, mdata, modality, batch_size)
-        names = list(decoded)
-        observed, *predictions = _analysis_scale(
-            model.likelihoods[modality], observed, *(decoded[b][rows] for b in names)
-        )
-        measured = ~np.isnan(observed)
-        centred = np.where(measured, observed - np.nanmean(observed, axis=0), 0.0)
-        ss_tot = float(np.sum(centred**2))
-        totals[modality] = {}
-        per_block = {}
-        for block, prediction in zip(names, predictions, strict=True):
-            ss_res = float(np.sum(np.where(measured, observed - prediction, 0.0) ** 2))
-            totals[modality][block] = 1.0 - ss_res / ss_tot if ss_tot > 0 else np.nan
-            per_block[block] = r2_per_feature(observed, prediction)
-        features = pd.DataFrame(per_block)
-        features.insert(0, "feature", registered.mod[modality].var_names.to_numpy())
-        features.insert(0, "modality", modality)
-        rows_out.append(features)
-    if per_feature:
-        return pd.concat(rows_out, ignore_index=True)
-    table = pd.DataFrame.from_dict(totals, orient="index")[list(BLOCKS)]
-    table.index.name = "modality"
-    table.columns.name = "reconstructed from"
-    return table
+        residual, null = _deviance_explained(model, mdata, modality, batch_size)
+        dimension_names = _dimension_names(model, "shared", modality) + _dimension_names(model, "private", modality)
+        per_feature_table = _fractions(residual, null, dimension_names, registered.mod[modality].var_names)
+        pooled = _fractions(
+            {key: value.sum(keepdims=True) for key, value in residual.items()},
+            null.sum(keepdims=True),
+            dimension_names,
+            ["all"],
+        ).loc["all"]
+        blocks[modality] = pooled[list(BLOCKS)].to_dict()
+        dimensions[modality] = pooled[dimension_names].to_dict()
+        features.append((modality, per_feature_table))
+    block_table = pd.DataFrame.from_dict(blocks, orient="index")[list(BLOCKS)]
+    block_table.index.name, block_table.columns.name = "modality", "reconstructed from"
+    all_dimensions = _dimension_names(model, "shared", model.modalities[0]) + [
+        name for m in model.modalities for name in _dimension_names(model, "private", m)
+    ]
+    dimension_table = pd.DataFrame(dimensions).reindex(all_dimensions)
+    dimension_table.index.name, dimension_table.columns.name = "dimension", "modality"
+    if inplace:
+        _store(user_mdata, "variance_explained", block_table)
+        _store(user_mdata, "variance_explained_dimensions", dimension_table)
+        for modality, table in features:
+            user_mdata.mod[modality].varm[VARIANCE_VARM_KEY] = table.reindex(user_mdata.mod[modality].var_names)
+        return None
+    if not per_feature:
+        return block_table if by == "block" else dimension_table
+    long = []
+    for modality, table in features:
+        columns = list(BLOCKS) if by == "block" else list(table.columns[len(BLOCKS) :])
+        frame = table[columns].reset_index()
+        frame.insert(0, "modality", modality)
+        long.append(frame)
+    return pd.concat(long, ignore_index=True)
 
 
 # ---------------------------------------------------------------------- feature associations
