@@ -9,7 +9,7 @@ likelihood: Gaussian data as they are (``NaN`` = not measured, left out), count 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import anndata as ad
@@ -243,6 +243,44 @@ def _store(mdata: MuData, key: str, value) -> None:
     mdata.uns[UNS_KEY][key] = value
 
 
+def _store_in(mdata: MuData, key: str, name: str, value) -> None:
+    """Write ``value`` into ``mdata.uns["spvi"][key][name]``."""
+    _store(mdata, key, {**mdata.uns.get(UNS_KEY, {}).get(key, {}), name: value})
+
+
+def stored(mdata: MuData, key: str, name: str | None = None) -> pd.DataFrame:
+    """A result that a :mod:`spvi.tl` function wrote into ``mdata.uns["spvi"]``.
+
+    Parameters
+    ----------
+    mdata
+        MuData the function wrote into.
+    key
+        ``"variance_explained"``, ``"variance_explained_dimensions"``, ``"label_association"`` or
+        ``"prediction_quality"``.
+    name
+        For ``"label_association"`` the ``labels_key``, for ``"prediction_quality"`` ``"<sources>_to_<target>"``
+        (default: the only one stored).
+
+    Returns
+    -------
+    The table, as the function returns it with ``inplace=False``.
+    """
+    results = mdata.uns.get(UNS_KEY, {})
+    if key not in results:
+        raise ValueError(f"mdata.uns[{UNS_KEY!r}] has no {key!r}: run spvi.tl.{key.removesuffix('_dimensions')} first")
+    value = results[key]
+    if not isinstance(value, Mapping):
+        return value
+    if name is None:
+        if len(value) != 1:
+            raise ValueError(f"mdata.uns[{UNS_KEY!r}][{key!r}] holds {sorted(value)}: pass name= one of them")
+        (name,) = value
+    if name not in value:
+        raise ValueError(f"mdata.uns[{UNS_KEY!r}][{key!r}] has no {name!r}; stored: {sorted(value)}")
+    return value[name]
+
+
 def variance_explained(
     model: SPVI,
     mdata: MuData | None = None,
@@ -406,7 +444,8 @@ def feature_associations(
     n_top: int | None = None,
     feature_names: str | None = None,
     batch_size: int | None = None,
-) -> pd.DataFrame:
+    inplace: bool = True,
+) -> pd.DataFrame | None:
     """Features of ``modality`` associated with each dimension of ``z_shared`` or of the modality's private block.
 
     Two scores per dimension and feature: the Pearson correlation, over the cells that have the modality,
@@ -426,17 +465,23 @@ def feature_associations(
     rank_by
         Score whose absolute value ranks the features within each dimension.
     mdata
-        MuData to evaluate on (default: the training data).
+        MuData to evaluate on and write into (default: the training data).
     n_top
-        Keep the ``n_top`` best-ranked features per dimension (default all).
+        Keep the ``n_top`` best-ranked features per dimension (default all; with ``inplace=False``).
     feature_names
         Column of ``mdata[modality].var`` with display names (e.g. gene symbols) for a ``name`` column.
     batch_size
         Minibatch size.
+    inplace
+        Write both scores of every feature into ``mdata[modality].varm`` and return ``None`` (as scanpy's
+        ``inplace``); ``False``: return the table and write nothing.
 
     Returns
     -------
-    One row per dimension and feature, with columns ``dimension`` (``"shared_0"``, ...,
+    ``None`` with ``inplace=True``; the scores are then in ``mdata[modality].varm["spvi_correlation_<kind>"]``
+    and ``mdata[modality].varm["spvi_gradient_<kind>"]`` (features x dimensions, like muon's MOFA+ weights
+    in ``varm["LFs"]``), read by :func:`spvi.pl.feature_associations` and :func:`association_table`.
+    Otherwise one row per dimension and feature, with columns ``dimension`` (``"shared_0"``, ...,
     ``"private_<modality>_0"``, ...), ``feature``, (``name``,) ``correlation``, ``gradient`` and ``rank`` (1 =
     strongest), sorted by dimension and rank.
     """
@@ -469,19 +514,96 @@ def feature_associations(
     gradients = _decoder_gradients(model, mdata, modality, batch_size)
     gradients = gradients[: model.module.n_shared] if kind == "shared" else gradients[model.module.n_shared :]
 
-    features = registered.mod[modality].var_names.to_numpy()
+    features = registered.mod[modality].var_names
+    if inplace:
+        for score, values in (("correlation", correlation), ("gradient", gradients)):
+            frame = pd.DataFrame(values.T, index=features, columns=dimensions)
+            user_mdata.mod[modality].varm[association_key(score, kind)] = frame.reindex(user_mdata[modality].var_names)
+        return None
+    names = None
+    if feature_names is not None:
+        names = user_mdata[modality].var[feature_names].reindex(features).astype(str).to_numpy()
+    return _rank_associations(features.to_numpy(), correlation, gradients, dimensions, names, rank_by, n_top)
+
+
+def _rank_associations(
+    features: np.ndarray,
+    correlation: np.ndarray,
+    gradients: np.ndarray,
+    dimensions: list[str],
+    names: np.ndarray | None,
+    rank_by: str,
+    n_top: int | None,
+) -> pd.DataFrame:
+    """The long table of :func:`feature_associations` from the dimensions x features score matrices."""
     tables = []
     for d, dimension in enumerate(dimensions):
         table = pd.DataFrame(
             {"dimension": dimension, "feature": features, "correlation": correlation[d], "gradient": gradients[d]}
         )
-        if feature_names is not None:
-            table.insert(2, "name", user_mdata[modality].var[feature_names].reindex(features).astype(str).to_numpy())
+        if names is not None:
+            table.insert(2, "name", names)
         strength = table[rank_by].abs().fillna(-1.0)
         table = table.iloc[np.argsort(-strength.to_numpy(), kind="stable")].reset_index(drop=True)
         table["rank"] = np.arange(1, len(table) + 1)
         tables.append(table if n_top is None else table.head(n_top))
     return pd.concat(tables, ignore_index=True)
+
+
+def association_key(score: Literal["correlation", "gradient"], kind: Literal["shared", "private"]) -> str:
+    """``.varm`` key of the scores written by :func:`feature_associations` (``"spvi_<score>_<kind>"``)."""
+    return f"spvi_{score}_{kind}"
+
+
+def association_table(
+    mdata: MuData,
+    modality: str,
+    kind: Literal["shared", "private"] = "shared",
+    rank_by: Literal["correlation", "gradient"] = "correlation",
+    n_top: int | None = None,
+    feature_names: str | None = None,
+) -> pd.DataFrame:
+    """The table of :func:`feature_associations` from the scores it wrote into ``mdata[modality].varm``.
+
+    Parameters
+    ----------
+    mdata
+        MuData that :func:`feature_associations` wrote into.
+    modality
+        Modality whose features were scored.
+    kind
+        ``"shared"`` or ``"private"``, as passed to :func:`feature_associations`.
+    rank_by
+        Score whose absolute value ranks the features within each dimension.
+    n_top
+        Keep the ``n_top`` best-ranked features per dimension (default all).
+    feature_names
+        Column of ``mdata[modality].var`` with display names for a ``name`` column.
+
+    Returns
+    -------
+    The ``inplace=False`` output of :func:`feature_associations`.
+    """
+    if modality not in mdata.mod:
+        raise ValueError(f"modality {modality!r} is not in the MuData; available: {list(mdata.mod)}")
+    varm = mdata[modality].varm
+    keys = [association_key("correlation", kind), association_key("gradient", kind)]
+    if not all(key in varm for key in keys):
+        raise ValueError(
+            f"mdata[{modality!r}].varm has no {keys}: run spvi.tl.feature_associations(model, {modality!r}, "
+            f"kind={kind!r}) first"
+        )
+    correlation, gradients = (pd.DataFrame(varm[key]) for key in keys)
+    names = None if feature_names is None else mdata[modality].var[feature_names].astype(str).to_numpy()
+    return _rank_associations(
+        mdata[modality].var_names.to_numpy(),
+        correlation.to_numpy().T,
+        gradients.to_numpy().T,
+        [str(c) for c in correlation.columns],
+        names,
+        rank_by,
+        n_top,
+    )
 
 
 # ---------------------------------------------------------------------- cross-modal prediction quality
@@ -531,7 +653,8 @@ def prediction_quality(
     target: str,
     mdata: MuData | None = None,
     batch_size: int | None = None,
-) -> pd.DataFrame:
+    inplace: bool = True,
+) -> pd.DataFrame | None:
     """Per-feature quality of the cross-modal prediction ``source -> target`` on cells that have both.
 
     For a Gaussian target the R² of :meth:`spvi.SPVI.predict` against the observed values (as
@@ -548,13 +671,16 @@ def prediction_quality(
     target
         Modality to predict.
     mdata
-        MuData to evaluate on (default: the training data); use held-out cells.
+        MuData to evaluate on and write into (default: the training data); use held-out cells.
     batch_size
         Minibatch size.
+    inplace
+        Write the table into ``mdata.uns["spvi"]["prediction_quality"]["<sources>_to_<target>"]`` (sources
+        joined by ``+``) and return ``None`` (as scanpy's ``inplace``); ``False``: return it and write nothing.
 
     Returns
     -------
-    Indexed by the features of ``target``: ``score`` (R² or Pearson r; ``NaN`` for features constant in the
+    ``None`` with ``inplace=True``, else the table, indexed by the features of ``target``: ``score`` (R² or Pearson r; ``NaN`` for features constant in the
     evaluated cells), ``metric`` (``"r2"`` or ``"pearson"``), ``mean`` (mean observed value on the analysis
     scale) and ``source``/``target``.
     """
@@ -569,13 +695,13 @@ def prediction_quality(
     both = np.flatnonzero(presence[:, model._modality_indices(sources, "source") + [target_index]].all(axis=1))
     if len(both) < 2:
         raise ValueError(f"fewer than two cells have both {sources} and {target!r}: nothing to evaluate")
-    prediction = model.predict(source=sources, target=target, mdata=mdata, batch_size=batch_size)[both]
+    prediction = np.asarray(model.predict(source=sources, target=target, mdata=mdata, batch_size=batch_size))[both]
     observed = _dense_rows(registered.mod[target].X, both)
     likelihood = model.likelihoods[target]
     observed, prediction = _analysis_scale(likelihood, observed, prediction.astype(np.float64))
     metric = "r2" if likelihood == "gaussian" else "pearson"
     score = r2_per_feature(observed, prediction) if metric == "r2" else pearson_per_feature(observed, prediction)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "score": score,
             "metric": metric,
@@ -585,6 +711,10 @@ def prediction_quality(
         },
         index=pd.Index(registered.mod[target].var_names, name="feature"),
     )
+    if not inplace:
+        return table
+    _store_in(model.mdata if mdata is None else mdata, "prediction_quality", f"{'+'.join(sources)}_to_{target}", table)
+    return None
 
 
 # ---------------------------------------------------------------------- label association
@@ -613,7 +743,8 @@ def label_association(
     n_neighbors: int = 15,
     random_state: int = 0,
     batch_size: int | None = None,
-) -> pd.DataFrame:
+    inplace: bool = True,
+) -> pd.DataFrame | None:
     """How well each latent block predicts a label on held-out cells (the paper's shared-biomarker check).
 
     For ``z_shared`` and each private block, a logistic regression and a k-nearest-neighbour classifier are fit
@@ -643,10 +774,13 @@ def label_association(
         Seed of the random split.
     batch_size
         Minibatch size.
+    inplace
+        Write the table into ``mdata.uns["spvi"]["label_association"][labels_key]`` and return ``None`` (as
+        scanpy's ``inplace``); ``False``: return it and write nothing.
 
     Returns
     -------
-    One row per block (index ``block``) with columns ``auc``, ``knn_accuracy``, ``n_train`` and ``n_test``.
+    ``None`` with ``inplace=True``, else one row per block (index ``block``) with columns ``auc``, ``knn_accuracy``, ``n_train`` and ``n_test``.
     """
     _check_model(model)
     user_mdata = model.mdata if mdata is None else mdata
@@ -687,7 +821,11 @@ def label_association(
                 "n_test": int(score.sum()),
             }
         )
-    return pd.DataFrame(rows).set_index("block")
+    table = pd.DataFrame(rows).set_index("block")
+    if not inplace:
+        return table
+    _store_in(user_mdata, "label_association", labels_key, table)
+    return None
 
 
 # ---------------------------------------------------------------------- training history
@@ -740,10 +878,10 @@ def latent_umap(
 ) -> list[str]:
     """Write the embeddings into ``mdata.obsm`` and a UMAP of each latent block, computed with scanpy.
 
-    Calls :meth:`spvi.SPVI.write_latents`, then for each block ``sc.pp.neighbors(adata, use_rep=...)`` and
-    ``sc.tl.umap`` on an AnnData that holds the block for the cells that have it (all cells for
-    ``z_shared``, the cells with the modality for a private block). The neighbour graph of ``z_shared`` is
-    also what ``sc.pp.neighbors(mdata, use_rep="X_spvi_shared")`` gives for clustering.
+    Calls :meth:`spvi.SPVI.write_latents`, then for each block ``sc.pp.neighbors(adata, use_rep=...)`` (exact
+    neighbours, ``transformer="sklearn"``) and ``sc.tl.umap`` on an AnnData that holds the block for the cells
+    that have it (all cells for ``z_shared``, the cells with the modality for a private block). For a
+    neighbour graph of all cells in ``mdata`` itself (clustering, ``sc.tl.umap``) see :func:`neighbors`.
 
     Parameters
     ----------
@@ -781,10 +919,78 @@ def latent_umap(
         if rows.sum() <= n_neighbors:
             raise ValueError(f"block {block!r} has {rows.sum()} cells, fewer than n_neighbors + 1 = {n_neighbors + 1}")
         adata = ad.AnnData(obs=pd.DataFrame(index=mdata.obs_names[rows]), obsm={latent_keys[block]: z[rows]})
-        sc.pp.neighbors(adata, use_rep=latent_keys[block], n_neighbors=n_neighbors, random_state=random_state)
+        sc.pp.neighbors(
+            adata, use_rep=latent_keys[block], n_neighbors=n_neighbors, random_state=random_state, transformer="sklearn"
+        )
         sc.tl.umap(adata, random_state=random_state)
         umap = np.full((mdata.n_obs, 2), np.nan)
         umap[rows] = adata.obsm["X_umap"]
         mdata.obsm[umap_key(block)] = umap
         written.append(umap_key(block))
     return written
+
+
+#: ``.obsm`` key of the embedding of all blocks written by :func:`neighbors` (missing private blocks at 0).
+ALL_OBSM_KEY = "X_spvi_all"
+
+
+def neighbors(
+    model: SPVI,
+    mdata: MuData | None = None,
+    use_rep: Literal["all", "shared"] = "all",
+    n_neighbors: int = 15,
+    key_added: str | None = None,
+    random_state: int = 0,
+    batch_size: int | None = None,
+) -> None:
+    """Neighbour graph of all cells of ``mdata`` on spvi's embedding, for ``sc.tl.umap``, ``sc.tl.leiden`` and plots.
+
+    Calls :meth:`spvi.SPVI.write_latents` and writes ``mdata.obsm["X_spvi_all"]``: ``[z_shared, z_private_1,
+    ..., z_private_M]`` with the private block of a modality the cell lacks at its prior mean 0, which is also
+    its posterior mean given the cell's other modalities (the private blocks are independent of the other
+    modalities). ``write_latents`` leaves those rows ``NaN``, which ``sc.pp.neighbors`` cannot use. Then runs
+    ``sc.pp.neighbors(mdata, use_rep=..., transformer="sklearn")`` (exact neighbours; scanpy 1.11's default
+    approximate search fails with scipy >= 1.15 above 4,096 cells).
+
+    Parameters
+    ----------
+    model
+        A trained model.
+    mdata
+        MuData to embed and write into (default: the training MuData).
+    use_rep
+        ``"all"``: ``X_spvi_all``; ``"shared"``: ``z_shared`` alone (``X_spvi_shared``, defined for every cell).
+    n_neighbors
+        Neighbours per cell.
+    key_added
+        As in ``sc.pp.neighbors``: where the graph goes (default ``mdata.uns["neighbors"]``,
+        ``mdata.obsp["connectivities"]`` and ``mdata.obsp["distances"]``).
+    random_state
+        Seed, passed to ``sc.pp.neighbors``.
+    batch_size
+        Minibatch size.
+
+    Examples
+    --------
+    >>> spvi.tl.neighbors(model, mdata)
+    >>> sc.tl.umap(mdata)
+    >>> sc.pl.umap(mdata, color="cell_type")
+    """
+    _check_model(model)
+    if use_rep not in ("all", "shared"):
+        raise ValueError(f"use_rep must be 'all' or 'shared', got {use_rep!r}")
+    mdata = model.mdata if mdata is None else mdata
+    model.write_latents(mdata, batch_size=batch_size)
+    blocks = [np.asarray(mdata.obsm[SHARED_OBSM_KEY])] + [
+        np.nan_to_num(np.asarray(mdata.obsm[private_obsm_key(m)]), nan=0.0) for m in model.modalities
+    ]
+    mdata.obsm[ALL_OBSM_KEY] = np.concatenate(blocks, axis=1)
+    key = ALL_OBSM_KEY if use_rep == "all" else SHARED_OBSM_KEY
+    sc.pp.neighbors(
+        mdata,
+        use_rep=key,
+        n_neighbors=n_neighbors,
+        key_added=key_added,
+        random_state=random_state,
+        transformer="sklearn",
+    )
