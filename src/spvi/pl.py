@@ -220,9 +220,10 @@ def prediction_quality(
     The Axes; each violin is labelled with its median.
     """
     if isinstance(results, MuData):
-        results = {
-            name.replace("_to_", " → "): table for name, table in tl.stored(results, "prediction_quality").items()
-        }
+        stored = results.uns.get(tl.UNS_KEY, {}).get("prediction_quality")
+        if not stored:
+            raise ValueError("mdata has no stored prediction quality: run spvi.tl.prediction_quality first")
+        results = {name.replace("_to_", " → "): table for name, table in stored.items()}
     first = results if isinstance(results, pd.DataFrame) else next(iter(results.values()), None)
     default = "" if first is None or "source" not in first else f"{first['source'].iloc[0]} → {first['target'].iloc[0]}"
     groups = _as_groups(results, default)
