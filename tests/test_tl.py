@@ -396,3 +396,27 @@ def test_untrained_model_is_refused(cll):
         spvi.tl.variance_explained(model)
     with pytest.raises(TypeError, match="spvi.SPVI"):
         spvi.tl.label_association(mdata, "IGHV_status")
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "poisson", "bernoulli"])
+def test_null_deviance_is_the_intercept_only_maximum_likelihood_fit(likelihood):
+    from spvi.tl import _null_deviance, _unit_deviance
+
+    rng = np.random.default_rng(0)
+    library = rng.uniform(0.2, 0.9, size=(300, 1)) if likelihood == "bernoulli" else rng.uniform(50, 500, (300, 1))
+    if likelihood == "bernoulli":
+        x = (rng.uniform(size=(300, 3)) < library * np.array([0.1, 0.5, 0.9])).astype(float)
+    else:
+        x = rng.negative_binomial(2.0, 2.0 / (2.0 + library * np.array([0.001, 0.01, 0.05])), size=(300, 3))
+    x, library = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(library)
+    theta = torch.tensor([2.0, 2.0, 2.0], dtype=torch.float64)
+    null = _null_deviance(likelihood, x, library, theta).numpy()
+    link = (lambda c: 1 / (1 + np.exp(-c))) if likelihood == "bernoulli" else np.exp
+    for g in range(3):
+
+        def deviance(c, g=g):
+            mean = torch.as_tensor(library[:, 0].numpy() * link(c))
+            return float(_unit_deviance(likelihood, x[:, g], mean, theta[g]).sum())
+
+        best = minimize_scalar(deviance, bounds=(-12.0, 12.0), method="bounded", options={"xatol": 1e-10})
+        assert null[g] == pytest.approx(best.fun, rel=1e-6)

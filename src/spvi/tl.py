@@ -34,7 +34,8 @@ UNS_KEY = "spvi"
 #: ``mdata[modality].varm`` key of the per-feature variance explained.
 VARIANCE_VARM_KEY = "spvi_variance_explained"
 _EPS_PROB = 1e-10
-_NEWTON_STEPS = 25
+_NEWTON_STEPS = 50
+_NEWTON_TOLERANCE = 1e-9
 
 
 # ---------------------------------------------------------------------- helpers
@@ -145,28 +146,37 @@ def _unit_deviance(likelihood: str, x: torch.Tensor, mean: torch.Tensor, theta: 
 def _null_deviance(likelihood: str, x: torch.Tensor, library: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
     """Per-feature deviance of the intercept-only model (the maximum-likelihood feature mean), ``(features,)``.
 
-    The mean is ``library * exp(c)`` for count likelihoods (``library * sigmoid(c)`` for ``bernoulli``;
-    ``library`` is 1 for ``nbmixture``), with ``c`` per feature fitted by Newton's method; for ``gaussian`` the
-    feature's mean.
+    The mean is ``library * exp(c)`` for count likelihoods (``library`` is 1 for ``nbmixture``) and
+    ``library * sigmoid(c)`` for ``bernoulli``, with ``c`` per feature: in closed form for Poisson, by Newton's
+    method from the Poisson solution for the negative binomial, by Fisher scoring for Bernoulli. For
+    ``gaussian`` the feature's mean.
     """
     if likelihood == "gaussian":
         return _unit_deviance(likelihood, x, torch.nanmean(x, dim=0), theta).sum(dim=0)
-    positive = (x > 0).to(x.dtype)
     if likelihood == "bernoulli":
-        start = (positive.mean(dim=0) / library.mean()).clamp(1e-6, 1 - 1e-6)
-        intercept = torch.logit(start)
-    else:
-        intercept = torch.log(x.sum(dim=0).clamp(min=_EPS_PROB) / library.sum())
-    link = torch.sigmoid if likelihood == "bernoulli" else torch.exp
-    for _ in range(_NEWTON_STEPS):
-        with torch.enable_grad():
-            c = intercept.clone().requires_grad_(True)
-            deviance = _unit_deviance(likelihood, x, library * link(c), theta).sum()
-            (gradient,) = torch.autograd.grad(deviance, c, create_graph=True)
-            (curvature,) = torch.autograd.grad(gradient.sum(), c)
-        step = gradient.detach() / curvature.clamp(min=1e-12)
-        intercept = intercept - step.clamp(-5.0, 5.0)
-    return _unit_deviance(likelihood, x, library * link(intercept), theta).sum(dim=0)
+        y = (x > 0).to(x.dtype)
+        c = torch.logit((y.mean(dim=0) / library.mean()).clamp(1e-6, 1 - 1e-6))
+        for _ in range(_NEWTON_STEPS):
+            s = torch.sigmoid(c)
+            not_p = (1.0 - library * s).clamp(min=_EPS_PROB)
+            gradient = -2.0 * (y * (1 - s) - (1 - y) * library * s * (1 - s) / not_p).sum(dim=0)
+            information = 2.0 * (library * s * (1 - s) ** 2 / not_p).sum(dim=0)
+            step = (gradient / information.clamp(min=1e-12)).clamp(-5.0, 5.0)
+            c = c - step
+            if step.abs().max() < _NEWTON_TOLERANCE:
+                break
+        return _unit_deviance(likelihood, x, library * torch.sigmoid(c), theta).sum(dim=0)
+    c = torch.log(x.sum(dim=0).clamp(min=_EPS_PROB) / library.sum())
+    if likelihood != "poisson":
+        for _ in range(_NEWTON_STEPS):
+            mean = library * torch.exp(c)
+            gradient = 2.0 * (theta * (mean - x) / (mean + theta)).sum(dim=0)
+            curvature = 2.0 * (theta * mean * (theta + x) / (mean + theta) ** 2).sum(dim=0)
+            step = (gradient / curvature.clamp(min=1e-12)).clamp(-5.0, 5.0)
+            c = c - step
+            if step.abs().max() < _NEWTON_TOLERANCE:
+                break
+    return _unit_deviance(likelihood, x, library * torch.exp(c), theta).sum(dim=0)
 
 
 def _reconstruction_latents(n_shared: int, n_private: int) -> dict[str, torch.Tensor]:
@@ -393,12 +403,14 @@ def variance_explained(
 
 
 # ---------------------------------------------------------------------- feature associations
-def _decoder_gradients(model: SPVI, mdata: MuData | None, modality: str, batch_size: int | None) -> np.ndarray:
-    """Mean over cells of the derivative of each feature's decoded value with respect to each latent input.
+def _decoder_gradients(
+    model: SPVI, mdata: MuData | None, modality: str, dimensions: range, batch_size: int | None
+) -> np.ndarray:
+    """Mean over cells of the derivative of each feature's decoded value with respect to latent inputs.
 
     The decoded value is the log expected value for count likelihoods, the logit of the probability for
-    ``bernoulli`` and the mean for ``gaussian``, at the cell's posterior means. Returns ``(n_shared +
-    n_private, n_features)``.
+    ``bernoulli`` and the mean for ``gaussian``, at the cell's posterior means; ``dimensions`` are positions in
+    ``[z_shared, z_private]``. Returns ``(len(dimensions), n_features)``.
     """
     (m,) = model._modality_indices([modality], "modality")
     likelihood = model.likelihoods[modality]
@@ -418,13 +430,11 @@ def _decoder_gradients(model: SPVI, mdata: MuData | None, modality: str, batch_s
                 return torch.logit(mean, eps=1e-6)
             return mean
 
-        rows = []
-        for d in range(z.shape[1]):
-            tangent = torch.zeros_like(z)
-            tangent[:, d] = 1.0
-            _, derivative = torch.func.jvp(decoded, (z,), (tangent,))
-            rows.append(derivative.sum(dim=0))
-        batch_total = torch.stack(rows).cpu().numpy().astype(np.float64)
+        tangents = torch.zeros(len(dimensions), *z.shape, dtype=z.dtype, device=z.device)
+        for i, d in enumerate(dimensions):
+            tangents[i, :, d] = 1.0
+        derivatives = torch.func.vmap(lambda t: torch.func.jvp(decoded, (z,), (t,))[1])(tangents)  # noqa: B023
+        batch_total = derivatives.sum(dim=1).cpu().numpy().astype(np.float64)
         total = batch_total if total is None else total + batch_total
         n_cells += z.shape[0]
     return total / n_cells
@@ -511,8 +521,9 @@ def feature_associations(
     correlation = np.stack(
         [pearson_per_feature(observed, np.broadcast_to(z[:, [d]], observed.shape)) for d in range(z.shape[1])]
     )
-    gradients = _decoder_gradients(model, mdata, modality, batch_size)
-    gradients = gradients[: model.module.n_shared] if kind == "shared" else gradients[model.module.n_shared :]
+    n_shared = model.module.n_shared
+    positions = range(n_shared) if kind == "shared" else range(n_shared, n_shared + len(dimensions))
+    gradients = _decoder_gradients(model, mdata, modality, positions, batch_size)
 
     features = registered.mod[modality].var_names
     if inplace:
