@@ -11,7 +11,12 @@ NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 
 
 def test_every_tutorial_has_a_parameters_cell_and_committed_outputs():
-    assert {nb.stem for nb in NOTEBOOKS} == {"cll_mrna_methylation", "pbmc_cite_seq_mosaic", "own_data"}
+    assert {nb.stem for nb in NOTEBOOKS} == {
+        "cll_mrna_methylation",
+        "pbmc_cite_seq_mosaic",
+        "own_data",
+        "snareseq_rna_atac",
+    }
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
