@@ -48,18 +48,25 @@ def _labelled(ax: Axes) -> None:
 
 def test_variance_explained_heatmap(cll):
     _, model = cll
-    table = spvi.tl.variance_explained(model)
+    table = spvi.tl.variance_explained(model, inplace=False)
     ax = spvi.pl.variance_explained(table)
     assert isinstance(ax, Axes)
     _labelled(ax)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["rna", "meth"]
-    image = ax.get_images()[0].get_array()
-    np.testing.assert_allclose(image, np.clip(table.to_numpy(), 0, 1))
+    image = ax.get_images()[0]
+    np.testing.assert_allclose(image.get_array(), table.to_numpy())
+    # diverging colours centred on 0, so that a negative value does not look like 0
+    low, high = image.get_clim()
+    assert low == -high
+    assert high == pytest.approx(np.abs(table.to_numpy()).max())
+    assert image.get_cmap().name == "RdBu_r"
+    negative, zero = (image.to_rgba(np.array([[v]]))[0, 0] for v in (-0.5 * high, 0.0))
+    assert negative[0] < zero[0] - 0.2  # blue, not the white of 0
     annotations = sorted(t.get_text() for t in ax.texts)
     assert annotations == sorted(f"{v:.2f}" for v in table.to_numpy().ravel())
-    assert ax.figure.axes[-1].get_ylabel() == "R²"  # the colour bar
+    assert ax.figure.axes[-1].get_ylabel() == "fraction of deviance explained"  # the colour bar
 
-    features = spvi.tl.variance_explained(model, per_feature=True)
+    features = spvi.tl.variance_explained(model, per_feature=True, inplace=False)
     fig, own_ax = plt.subplots()
     ax = spvi.pl.variance_explained(features, ax=own_ax, n_features=5)
     assert ax is own_ax
@@ -71,9 +78,40 @@ def test_variance_explained_heatmap(cll):
         spvi.pl.variance_explained(table.drop(columns="private"))
 
 
+def test_plots_read_the_results_stored_in_the_mudata(cll):
+    mdata, model = cll
+    with pytest.raises(ValueError, match="run spvi.tl.variance_explained"):
+        spvi.pl.variance_explained(mdata.copy())
+    spvi.tl.variance_explained(model)
+    ax = spvi.pl.variance_explained(mdata, by="dimension")
+    dimensions = mdata.uns["spvi"]["variance_explained_dimensions"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(dimensions.index)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["rna", "meth"]
+    np.testing.assert_allclose(ax.get_images()[0].get_array().filled(np.nan), dimensions.to_numpy())
+    assert sum(t.get_text() == "" for t in ax.texts) == int(dimensions.isna().sum().sum())  # NaN cells left blank
+
+    spvi.tl.feature_associations(model, "rna")
+    fig = spvi.pl.feature_associations(mdata, modality="rna", n_top=3)
+    table = spvi.tl.feature_associations(model, "rna", inplace=False)
+    assert [ax.get_title() for ax in fig.axes] == ["shared_0", "shared_1"]
+    top = table[table["dimension"] == "shared_0"].head(3)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(top["feature"])
+    with pytest.raises(ValueError, match="pass modality="):
+        spvi.pl.feature_associations(mdata)
+
+    spvi.tl.label_association(model, "IGHV_status")
+    ax = spvi.pl.label_association(mdata)
+    np.testing.assert_allclose(
+        [bar.get_height() for bar in ax.patches], mdata.uns["spvi"]["label_association"]["IGHV_status"]["auc"]
+    )
+    spvi.tl.prediction_quality(model, "rna", "meth")
+    ax = spvi.pl.prediction_quality(mdata)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["rna → meth"]
+
+
 def test_feature_associations_bars(cll):
     _, model = cll
-    table = spvi.tl.feature_associations(model, "rna", feature_names="symbol")
+    table = spvi.tl.feature_associations(model, "rna", feature_names="symbol", inplace=False)
     fig = spvi.pl.feature_associations(table, n_top=5)
     assert isinstance(fig, Figure)
     visible = [ax for ax in fig.axes if ax.get_visible()]
@@ -96,8 +134,8 @@ def test_feature_associations_bars(cll):
 
 def test_prediction_quality_violins(cll):
     _, model = cll
-    forward = spvi.tl.prediction_quality(model, "rna", "meth")
-    backward = spvi.tl.prediction_quality(model, "meth", "rna")
+    forward = spvi.tl.prediction_quality(model, "rna", "meth", inplace=False)
+    backward = spvi.tl.prediction_quality(model, "meth", "rna", inplace=False)
     ax = spvi.pl.prediction_quality({"mRNA → methylation": forward, "methylation → mRNA": backward})
     _labelled(ax)
     assert ax.get_ylabel() == "R² per feature"
@@ -114,7 +152,7 @@ def test_prediction_quality_violins(cll):
 
 def test_label_association_bars(cll):
     mdata, model = cll
-    table = spvi.tl.label_association(model, "IGHV_status")
+    table = spvi.tl.label_association(model, "IGHV_status", inplace=False)
     ax = spvi.pl.label_association({"MMVAE++": table, "again": table})
     _labelled(ax)
     heights = [bar.get_height() for bar in ax.patches]

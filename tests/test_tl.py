@@ -6,8 +6,10 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import scvi
 import torch
+from scipy.optimize import minimize_scalar
 from sklearn.model_selection import train_test_split
 
 import spvi
@@ -68,23 +70,22 @@ def _cite_path() -> Path:
 # ---------------------------------------------------------------------- variance explained
 def test_variance_explained_per_modality_and_per_feature(cll):
     mdata, model, _ = cll
-    table = spvi.tl.variance_explained(model)
+    table = spvi.tl.variance_explained(model, inplace=False)
     assert list(table.index) == ["rna", "meth"]
     assert list(table.columns) == ["shared", "private", "shared+private"]
     assert np.isfinite(table.to_numpy()).all()
     assert (table.to_numpy() <= 1.0).all()
-    # both blocks together reconstruct better than either alone, and z_shared carries more than the 2-d private block
-    assert (table["shared+private"] > table["shared"]).all()
-    assert (table["shared+private"] > table["private"]).all()
+    # "private" is what the private block adds to z_shared: the two add up to both
+    np.testing.assert_allclose(table["shared"] + table["private"], table["shared+private"], atol=1e-12)
     assert (table["shared+private"] > 0.4).all()
-    assert (table["shared"] > table["private"]).all()
+    assert (table["shared"] > table["private"]).all()  # the 2-d z_shared carries the IGHV signal of 10 features each
 
-    features = spvi.tl.variance_explained(model, per_feature=True)
+    features = spvi.tl.variance_explained(model, per_feature=True, inplace=False)
     assert len(features) == mdata["rna"].n_vars + mdata["meth"].n_vars
     assert set(features["modality"]) == {"rna", "meth"}
     rna = features[features["modality"] == "rna"].set_index("feature")
     assert list(rna.index) == list(mdata["rna"].var_names)
-    # the joint reconstruction is what predict() gives from both modalities (z_shared joint, z_private of rna)
+    # Gaussian: the fraction of deviance is the R² of the reconstruction, here what predict() gives from both
     both = model.predict(source=["rna", "meth"], target="rna", return_numpy=True)
     np.testing.assert_allclose(rna["shared+private"], r2_per_feature(mdata["rna"].X, both), atol=1e-5)
     # the IGHV-associated features are explained by z_shared better than the others
@@ -92,23 +93,137 @@ def test_variance_explained_per_modality_and_per_feature(cll):
     assert rna["shared"][shared].mean() > rna["shared"][~shared].mean() + 0.2
 
 
-def test_variance_explained_on_counts_with_missing_modalities(cite):
+def test_variance_explained_per_dimension(cll):
+    mdata, model, _ = cll
+    dimensions = spvi.tl.variance_explained(model, by="dimension", inplace=False)
+    assert list(dimensions.index) == [
+        "shared_0",
+        "shared_1",
+        "private_rna_0",
+        "private_rna_1",
+        "private_meth_0",
+        "private_meth_1",
+    ]
+    assert list(dimensions.columns) == ["rna", "meth"]
+    # a private dimension explains only its own modality
+    assert dimensions.loc[["private_rna_0", "private_rna_1"], "meth"].isna().all()
+    assert dimensions.loc[["private_meth_0", "private_meth_1"], "rna"].isna().all()
+    # drop-one: what the joint reconstruction loses without the dimension, never much below 0 at the optimum
+    assert (dimensions.stack() > -0.05).all()
+    # by hand for one dimension: R² of the joint reconstruction minus that with shared_0 at 0
+    module = model.module
+    tensors = next(iter(model._minibatches(None, None, mdata.n_obs)))
+    with torch.no_grad():
+        outputs = module.inference(**module._get_inference_input(tensors))
+        z = torch.cat(
+            [module.shared_posterior_mean(outputs["qz_shared"], outputs["presence"]), outputs["qz_private"][0].loc], 1
+        )
+        ones = torch.ones(z.shape[0], 1)
+        decode = module.decoders[0]
+        full = decode(z, ones, ones.bool() & False, *module._categorical(tensors))
+        z[:, 0] = 0.0
+        without = decode(z, ones, ones.bool() & False, *module._categorical(tensors))
+        full, without = (decode.likelihood.expected_value(p).numpy() for p in (full, without))
+    x = np.asarray(mdata["rna"].X, dtype=np.float64)
+    ss_tot = ((x - x.mean(0)) ** 2).sum()
+    expected = (((x - without) ** 2).sum() - ((x - full) ** 2).sum()) / ss_tot
+    assert dimensions.loc["shared_0", "rna"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_variance_explained_on_counts_is_the_deviance_explained(cite):
     mdata, model = cite
-    table = spvi.tl.variance_explained(model, modalities="protein")
-    assert list(table.index) == ["protein"]
+    table = spvi.tl.variance_explained(model, inplace=False)
+    assert list(table.index) == ["rna", "protein"]
     assert (table.to_numpy() <= 1.0).all()
-    # after a short training the joint reconstruction already beats either block alone (with the alignment term
-    # z_shared alone comes close: measured -0.06 vs 0.02 for both blocks)
-    assert table.loc["protein", "shared+private"] > table.loc["protein", "shared"]
-    assert table.loc["protein", "shared+private"] > table.loc["protein", "private"] + 0.1
+    assert (table["shared"] > 0.0).all()
+    assert (table["shared+private"] > table["shared"]).all()
+    # by hand for RNA (negative binomial): the joint reconstruction is predict() from both modalities at the
+    # cell's library size; the null is each gene's NB maximum-likelihood mean proportion (scipy, gene by gene)
+    features = spvi.tl.variance_explained(model, modalities="rna", per_feature=True, inplace=False)
+    rna = mdata["rna"]
+    x = rna.layers["counts"].toarray().astype(np.float64)
+    mean = pd.DataFrame(model.predict(source=["rna", "protein"], target="rna"), index=mdata.obs_names)
+    mean = mean.loc[rna.obs_names].to_numpy(dtype=np.float64)
+    theta = torch.exp(model.module.decoders[0].likelihood.log_theta.detach().clamp(-10, 12)).double().numpy()
+    library = x.sum(1, keepdims=True)
+
+    def deviance(x, mu, theta):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_log = np.where(x > 0, x * np.log(x / mu), 0.0)
+        return 2 * (x_log - (x + theta) * np.log((x + theta) / (mu + theta)))
+
+    for g in np.flatnonzero(x.sum(0) > 50)[:5]:
+        null = minimize_scalar(lambda c, g=g: deviance(x[:, g], library[:, 0] * np.exp(c), theta[g]).sum())
+        expected = 1.0 - deviance(x[:, g], mean[:, g], theta[g]).sum() / null.fun
+        assert features["shared+private"].iloc[g] == pytest.approx(expected, rel=1e-3, abs=1e-4)
     with pytest.raises(ValueError, match="modalities must name modalities"):
-        spvi.tl.variance_explained(model, modalities="atac")
+        spvi.tl.variance_explained(model, modalities="atac", inplace=False)
+    with pytest.raises(ValueError, match="by must be"):
+        spvi.tl.variance_explained(model, by="factor", inplace=False)
+
+
+def test_results_are_stored_in_the_mudata(cite, tmp_path):
+    mdata, model = cite
+    assert spvi.tl.variance_explained(model) is None
+    stored = mdata.uns["spvi"]
+    pd.testing.assert_frame_equal(stored["variance_explained"], spvi.tl.variance_explained(model, inplace=False))
+    dimensions = spvi.tl.variance_explained(model, by="dimension", inplace=False)
+    pd.testing.assert_frame_equal(stored["variance_explained_dimensions"], dimensions)
+    per_feature = mdata["protein"].varm["spvi_variance_explained"]
+    assert list(per_feature.index) == list(mdata["protein"].var_names)
+    assert list(per_feature.columns[:3]) == ["shared", "private", "shared+private"]
+
+    assert spvi.tl.feature_associations(model, "protein", kind="private") is None
+    correlation = mdata["protein"].varm["spvi_correlation_private"]
+    assert correlation.shape == (mdata["protein"].n_vars, 4)
+    pd.testing.assert_frame_equal(
+        spvi.tl.association_table(mdata, "protein", kind="private"),
+        spvi.tl.feature_associations(model, "protein", kind="private", inplace=False),
+    )
+    assert spvi.tl.label_association(model, "cell_type", n_neighbors=10) is None
+    assert spvi.tl.prediction_quality(model, "rna", "protein") is None
+    assert list(spvi.tl.stored(mdata, "label_association")) == ["auc", "knn_accuracy", "n_train", "n_test"]
+    assert spvi.tl.stored(mdata, "prediction_quality", "rna_to_protein")["metric"].eq("pearson").all()
+    with pytest.raises(ValueError, match="has no 'atac_to_rna'"):
+        spvi.tl.stored(mdata, "prediction_quality", "atac_to_rna")
+    with pytest.raises(ValueError, match="run spvi.tl.feature_associations"):
+        spvi.tl.association_table(mdata, "rna", kind="private")
+
+    # the stored results survive writing the MuData to disk
+    path = tmp_path / "analysed.h5mu"
+    mdata.write(path)
+    back = md.read_h5mu(path)
+    np.testing.assert_allclose(
+        np.asarray(back.uns["spvi"]["variance_explained"]), stored["variance_explained"].to_numpy()
+    )
+    np.testing.assert_allclose(np.asarray(back["protein"].varm["spvi_correlation_private"]), correlation.to_numpy())
+
+
+def test_neighbors_on_cells_missing_a_modality(cite):
+    mdata, model = cite
+    spvi.tl.neighbors(model, n_neighbors=10)
+    embedding = mdata.obsm["X_spvi_all"]
+    assert embedding.shape == (mdata.n_obs, 8 + 4 + 4)
+    assert np.isfinite(embedding).all()
+    # protein-only cells: their RNA-private block at its prior mean 0; paired cells: their posterior means
+    protein_only = (~mdata.obs["has_rna"].astype(bool)).to_numpy()
+    assert (embedding[protein_only, 8:12] == 0).all()
+    np.testing.assert_allclose(embedding[~protein_only, 8:12], mdata.obsm["X_spvi_private_rna"][~protein_only])
+    distances = mdata.obsp["distances"]
+    assert distances.shape == (mdata.n_obs, mdata.n_obs)
+    assert (distances.getnnz(axis=1) == 9).all()  # n_neighbors - 1 neighbours besides the cell itself
+    sc.tl.umap(mdata, random_state=0)
+    assert np.isfinite(mdata.obsm["X_umap"]).all()
+    spvi.tl.neighbors(model, use_rep="shared", key_added="spvi_shared")
+    assert mdata.uns["spvi_shared"]["params"]["use_rep"] == "X_spvi_shared"
+    with pytest.raises(ValueError, match="use_rep must be"):
+        spvi.tl.neighbors(model, use_rep="private_rna")
 
 
 # ---------------------------------------------------------------------- feature associations
 def test_feature_associations_rank_the_ighv_features_on_z_shared(cll):
     mdata, model, _ = cll
-    table = spvi.tl.feature_associations(model, "rna", n_top=10, feature_names="symbol")
+    table = spvi.tl.feature_associations(model, "rna", n_top=10, feature_names="symbol", inplace=False)
     assert list(table.columns) == ["dimension", "feature", "name", "correlation", "gradient", "rank"]
     assert list(pd.unique(table["dimension"])) == ["shared_0", "shared_1"]
     assert len(table) == 2 * 10
@@ -128,14 +243,14 @@ def test_feature_associations_rank_the_ighv_features_on_z_shared(cll):
     # z_shared is driven by the IGHV-associated features, the private block much less so
     is_shared = mdata["rna"].var["is_shared"]
     assert is_shared[table["feature"]].mean() >= 0.8
-    private = spvi.tl.feature_associations(model, "rna", kind="private", n_top=10)
+    private = spvi.tl.feature_associations(model, "rna", kind="private", n_top=10, inplace=False)
     assert list(pd.unique(private["dimension"])) == ["private_rna_0", "private_rna_1"]
     assert is_shared[private["feature"]].mean() < is_shared[table["feature"]].mean() - 0.3
 
 
 def test_feature_associations_gradient_matches_finite_differences(cll):
     mdata, model, _ = cll
-    table = spvi.tl.feature_associations(model, "meth", rank_by="gradient")
+    table = spvi.tl.feature_associations(model, "meth", rank_by="gradient", inplace=False)
     ranked = table[table["dimension"] == "shared_1"]
     assert (np.diff(ranked["gradient"].abs().to_numpy()) <= 1e-12).all()
     # finite differences of the decoder mean along shared dimension 1 at the posterior means, averaged over cells
@@ -172,7 +287,7 @@ def test_feature_associations_errors(cll):
 # ---------------------------------------------------------------------- cross-modal prediction quality
 def test_prediction_quality_gaussian_is_cross_modal_r2(cll):
     mdata, model, _ = cll
-    quality = spvi.tl.prediction_quality(model, "rna", "meth")
+    quality = spvi.tl.prediction_quality(model, "rna", "meth", inplace=False)
     assert list(quality.index) == list(mdata["meth"].var_names)
     assert set(quality["metric"]) == {"r2"}
     np.testing.assert_allclose(quality["score"], spvi.tl.cross_modal_r2(model, "rna", "meth"), atol=1e-10)
@@ -183,7 +298,7 @@ def test_prediction_quality_gaussian_is_cross_modal_r2(cll):
 
 def test_prediction_quality_counts_on_the_paired_cells(cite):
     mdata, model = cite
-    quality = spvi.tl.prediction_quality(model, "rna", "protein")
+    quality = spvi.tl.prediction_quality(model, "rna", "protein", inplace=False)
     assert len(quality) == mdata["protein"].n_vars
     assert set(quality["metric"]) == {"pearson"}
     assert quality["score"].dropna().between(-1, 1).all()
@@ -207,7 +322,7 @@ def test_prediction_quality_counts_on_the_paired_cells(cite):
 # ---------------------------------------------------------------------- label association
 def test_label_association_z_shared_carries_ighv(cll):
     mdata, model, train = cll
-    table = spvi.tl.label_association(model, "IGHV_status", train=train)
+    table = spvi.tl.label_association(model, "IGHV_status", train=train, inplace=False)
     assert list(table.index) == ["shared", "private_rna", "private_meth"]
     assert list(table.columns) == ["auc", "knn_accuracy", "n_train", "n_test"]
     assert (table["n_train"] == len(train)).all()
@@ -217,14 +332,16 @@ def test_label_association_z_shared_carries_ighv(cll):
     assert table.loc["shared", "auc"] > table.loc["private_rna", "auc"] + 0.1
     assert table.loc["shared", "auc"] > table.loc["private_meth", "auc"] + 0.1
 
-    random_split = spvi.tl.label_association(model, "IGHV_status", blocks=["shared"], test_size=0.5, random_state=1)
+    random_split = spvi.tl.label_association(
+        model, "IGHV_status", blocks=["shared"], test_size=0.5, random_state=1, inplace=False
+    )
     assert list(random_split.index) == ["shared"]
     assert random_split.loc["shared", "n_test"] == mdata.n_obs // 2
 
 
 def test_label_association_skips_cells_without_the_block(cite):
     mdata, model = cite
-    table = spvi.tl.label_association(model, "cell_type", n_neighbors=10)
+    table = spvi.tl.label_association(model, "cell_type", n_neighbors=10, inplace=False)
     total = table["n_train"] + table["n_test"]
     assert total["shared"] == mdata.n_obs
     assert total["private_rna"] == mdata["rna"].n_obs
@@ -279,3 +396,27 @@ def test_untrained_model_is_refused(cll):
         spvi.tl.variance_explained(model)
     with pytest.raises(TypeError, match="spvi.SPVI"):
         spvi.tl.label_association(mdata, "IGHV_status")
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "poisson", "bernoulli"])
+def test_null_deviance_is_the_intercept_only_maximum_likelihood_fit(likelihood):
+    from spvi.tl import _null_deviance, _unit_deviance
+
+    rng = np.random.default_rng(0)
+    library = rng.uniform(0.2, 0.9, size=(300, 1)) if likelihood == "bernoulli" else rng.uniform(50, 500, (300, 1))
+    if likelihood == "bernoulli":
+        x = (rng.uniform(size=(300, 3)) < library * np.array([0.1, 0.5, 0.9])).astype(float)
+    else:
+        x = rng.negative_binomial(2.0, 2.0 / (2.0 + library * np.array([0.001, 0.01, 0.05])), size=(300, 3))
+    x, library = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(library)
+    theta = torch.tensor([2.0, 2.0, 2.0], dtype=torch.float64)
+    null = _null_deviance(likelihood, x, library, theta).numpy()
+    link = (lambda c: 1 / (1 + np.exp(-c))) if likelihood == "bernoulli" else np.exp
+    for g in range(3):
+
+        def deviance(c, g=g):
+            mean = torch.as_tensor(library[:, 0].numpy() * link(c))
+            return float(_unit_deviance(likelihood, x[:, g], mean, theta[g]).sum())
+
+        best = minimize_scalar(deviance, bounds=(-12.0, 12.0), method="bounded", options={"xatol": 1e-10})
+        assert null[g] == pytest.approx(best.fun, rel=1e-6)

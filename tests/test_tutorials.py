@@ -16,6 +16,7 @@ def test_every_tutorial_has_a_parameters_cell_and_committed_outputs():
         "pbmc_cite_seq_mosaic",
         "own_data",
         "query_mapping",
+        "snareseq_rna_atac",
     }
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)

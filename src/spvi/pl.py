@@ -60,72 +60,95 @@ def _as_groups(results: pd.DataFrame | Mapping[str, pd.DataFrame], default: str)
 
 # ---------------------------------------------------------------------- variance explained
 def variance_explained(
-    r2: pd.DataFrame,
+    data: pd.DataFrame | MuData,
+    by: str = "block",
     ax: Axes | None = None,
     n_features: int = 20,
-    cmap: str = "viridis",
+    cmap: str = "RdBu_r",
     annotate: bool = True,
 ) -> Axes:
-    """Heatmap of the variance explained by each latent block (rows: modalities or features).
+    """Heatmap of the variance explained: modalities x blocks, latent dimensions x modalities, or top features.
 
     Parameters
     ----------
-    r2
-        Output of :func:`spvi.tl.variance_explained`: modalities x blocks, or the ``per_feature=True`` table,
-        of which the ``n_features`` features with the highest ``shared+private`` R² are shown.
+    data
+        A MuData that :func:`spvi.tl.variance_explained` wrote into, or a table it returned
+        (``inplace=False``): ``by="block"``, ``by="dimension"`` or ``per_feature=True`` with blocks, of which the
+        ``n_features`` features best explained by both blocks are shown.
+    by
+        With a MuData: ``"block"`` or ``"dimension"`` (MOFA+'s factor x view heatmap).
     ax
         Axes to draw into (default: a new figure).
     n_features
         Features shown for a per-feature table.
     cmap
-        Colour map; colours span R² 0 to 1 (negative values get the colour of 0, the annotation shows them).
+        Colour map, centred on 0 (diverging by default, so that negative values show in their own colour).
     annotate
-        Write the R² into each cell.
+        Write the values into the cells.
 
     Returns
     -------
     The Axes, with a colour bar.
     """
     blocks = list(tl.BLOCKS)
-    missing = [b for b in blocks if b not in r2.columns]
-    if missing:
-        raise ValueError(f"r2 must be the output of spvi.tl.variance_explained (columns {blocks}); missing {missing}")
-    if "feature" in r2.columns:
-        top = r2.sort_values("shared+private", ascending=False).head(n_features)
-        values = top[blocks].to_numpy(dtype=float)
-        rows = [f"{m}: {f}" for m, f in zip(top["modality"], top["feature"], strict=True)]
-        row_label, title = "feature", f"Variance explained, top {len(rows)} features"
+    if isinstance(data, MuData):
+        if by not in ("block", "dimension"):
+            raise ValueError(f"by must be 'block' or 'dimension', got {by!r}")
+        data = tl.stored(data, "variance_explained" if by == "block" else "variance_explained_dimensions")
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"expected a MuData or a DataFrame from spvi.tl.variance_explained, got {type(data).__name__}")
+    if data.index.name == "dimension":
+        values, rows, columns = data.to_numpy(dtype=float), [str(i) for i in data.index], [str(c) for c in data.columns]
+        row_label, column_label, title = "latent dimension", "modality", "Variance explained per dimension"
     else:
-        values = r2[blocks].to_numpy(dtype=float)
-        rows = [str(i) for i in r2.index]
-        row_label, title = "modality", "Variance explained per modality"
-    ax = _one_axes(ax, (5.5, 1.4 + 0.45 * len(rows)))
-    image = ax.imshow(np.clip(values, 0.0, 1.0), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(blocks)), ["z_shared", "z_private", "both"])
+        missing = [b for b in blocks if b not in data.columns]
+        if missing:
+            raise ValueError(
+                f"data must be the output of spvi.tl.variance_explained (columns {blocks}); missing {missing}"
+            )
+        columns, column_label = ["z_shared", "z_private (added)", "both"], "reconstructed from"
+        if "feature" in data.columns:
+            top = data.sort_values("shared+private", ascending=False).head(n_features)
+            values = top[blocks].to_numpy(dtype=float)
+            rows = [f"{m}: {f}" for m, f in zip(top["modality"], top["feature"], strict=True)]
+            row_label, title = "feature", f"Variance explained, top {len(rows)} features"
+        else:
+            values = data[blocks].to_numpy(dtype=float)
+            rows = [str(i) for i in data.index]
+            row_label, title = "modality", "Variance explained per modality"
+    finite = values[np.isfinite(values)]
+    limit = float(np.max(np.abs(finite))) if finite.size and np.max(np.abs(finite)) > 0 else 1.0
+    ax = _one_axes(ax, (1.8 + 1.3 * len(columns), 1.4 + 0.4 * len(rows)))
+    image = ax.imshow(values, cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns)
     ax.set_yticks(range(len(rows)), rows)
     if annotate:
         for (i, j), value in np.ndenumerate(values):
-            colour = "black" if np.clip(value, 0, 1) > 0.6 else "white"
-            ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", color=colour)
-    ax.set(xlabel="reconstructed from", ylabel=row_label, title=title)
-    ax.figure.colorbar(image, ax=ax, label="R²")
+            colour = "white" if np.isfinite(value) and abs(value) > 0.6 * limit else "black"
+            ax.text(j, i, "" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", color=colour)
+    ax.set(xlabel=column_label, ylabel=row_label, title=title)
+    ax.figure.colorbar(image, ax=ax, label="fraction of deviance explained")
     return ax
 
 
 # ---------------------------------------------------------------------- feature associations
 def feature_associations(
-    table: pd.DataFrame,
+    table: pd.DataFrame | MuData,
     dimensions: Sequence[str] | None = None,
     n_top: int = 10,
     score: str = "correlation",
     axes: Sequence[Axes] | None = None,
+    modality: str | None = None,
+    kind: str = "shared",
+    feature_names: str | None = None,
 ) -> Figure:
     """Bar chart of the top features of each latent dimension.
 
     Parameters
     ----------
     table
-        Output of :func:`spvi.tl.feature_associations`.
+        A table returned by :func:`spvi.tl.feature_associations` (``inplace=False``), or a MuData it wrote into
+        (then ``modality`` and ``kind`` say which scores to read).
     dimensions
         Dimensions to show (default all in ``table``), one panel each.
     n_top
@@ -134,6 +157,12 @@ def feature_associations(
         ``"correlation"`` or ``"gradient"``: the score drawn as bars.
     axes
         One Axes per dimension (default: a new figure).
+    modality
+        With a MuData: the modality whose features were scored.
+    kind
+        With a MuData: ``"shared"`` or ``"private"``.
+    feature_names
+        With a MuData: column of ``mdata[modality].var`` with display names.
 
     Returns
     -------
@@ -141,6 +170,10 @@ def feature_associations(
     """
     if score not in ("correlation", "gradient"):
         raise ValueError(f"score must be 'correlation' or 'gradient', got {score!r}")
+    if isinstance(table, MuData):
+        if modality is None:
+            raise ValueError(f"with a MuData, pass modality= one of {list(table.mod)}")
+        table = tl.association_table(table, modality, kind=kind, rank_by=score, feature_names=feature_names)
     if not {"dimension", "feature", "rank", score} <= set(table.columns):
         raise ValueError("table must be the output of spvi.tl.feature_associations")
     available = list(pd.unique(table["dimension"]))
@@ -168,7 +201,7 @@ def feature_associations(
 
 # ---------------------------------------------------------------------- cross-modal prediction quality
 def prediction_quality(
-    results: pd.DataFrame | Mapping[str, pd.DataFrame],
+    results: pd.DataFrame | Mapping[str, pd.DataFrame] | MuData,
     ax: Axes | None = None,
 ) -> Axes:
     """Distribution over features of the cross-modal prediction quality, one violin per result.
@@ -176,8 +209,9 @@ def prediction_quality(
     Parameters
     ----------
     results
-        Output of :func:`spvi.tl.prediction_quality`, or ``{name: output}`` to compare (e.g. models or
-        directions); all must use the same metric.
+        A table returned by :func:`spvi.tl.prediction_quality` (``inplace=False``), ``{name: table}`` to compare
+        (e.g. models or directions), or a MuData it wrote into (every stored direction); all must use the same
+        metric.
     ax
         Axes to draw into (default: a new figure).
 
@@ -185,6 +219,11 @@ def prediction_quality(
     -------
     The Axes; each violin is labelled with its median.
     """
+    if isinstance(results, MuData):
+        stored = results.uns.get(tl.UNS_KEY, {}).get("prediction_quality")
+        if not stored:
+            raise ValueError("mdata has no stored prediction quality: run spvi.tl.prediction_quality first")
+        results = {name.replace("_to_", " → "): table for name, table in stored.items()}
     first = results if isinstance(results, pd.DataFrame) else next(iter(results.values()), None)
     default = "" if first is None or "source" not in first else f"{first['source'].iloc[0]} → {first['target'].iloc[0]}"
     groups = _as_groups(results, default)
@@ -211,20 +250,24 @@ def prediction_quality(
 
 # ---------------------------------------------------------------------- label association
 def label_association(
-    results: pd.DataFrame | Mapping[str, pd.DataFrame],
+    results: pd.DataFrame | Mapping[str, pd.DataFrame] | MuData,
     metric: str = "auc",
     ax: Axes | None = None,
+    labels_key: str | None = None,
 ) -> Axes:
     """Bar chart of how well each latent block predicts a label (grouped bars to compare models).
 
     Parameters
     ----------
     results
-        Output of :func:`spvi.tl.label_association`, or ``{model name: output}``.
+        A table returned by :func:`spvi.tl.label_association` (``inplace=False``), ``{model name: table}``, or a
+        MuData it wrote into.
     metric
         ``"auc"`` (with the chance level 0.5 drawn) or ``"knn_accuracy"``.
     ax
         Axes to draw into (default: a new figure).
+    labels_key
+        With a MuData: the label (default: the only one stored).
 
     Returns
     -------
@@ -232,6 +275,8 @@ def label_association(
     """
     if metric not in ("auc", "knn_accuracy"):
         raise ValueError(f"metric must be 'auc' or 'knn_accuracy', got {metric!r}")
+    if isinstance(results, MuData):
+        results = tl.stored(results, "label_association", labels_key)
     groups = _as_groups(results, "model")
     blocks = list(dict.fromkeys(block for frame in groups.values() for block in frame.index))
     ax = _one_axes(ax, (1.5 + 0.9 * len(blocks) * len(groups), 3.5))

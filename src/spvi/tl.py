@@ -9,7 +9,7 @@ likelihood: Gaussian data as they are (``NaN`` = not measured, left out), count 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import anndata as ad
@@ -21,13 +21,21 @@ import torch
 from mudata import MuData
 from sklearn.model_selection import train_test_split
 
-from spvi._constants import PRESENCE_KEY, PRESENCE_OBSM_KEY, SHARED_OBSM_KEY, private_obsm_key
+from spvi._constants import PRESENCE_KEY, PRESENCE_OBSM_KEY, SHARED_OBSM_KEY, data_key, private_obsm_key
+from spvi._likelihoods import _theta
 from spvi._model import SPVI
 from spvi.metrics import knn_accuracy, label_auc, pearson_per_feature, r2_per_feature
 
 #: Names of the three reconstructions compared by :func:`variance_explained`.
 BLOCKS = ("shared", "private", "shared+private")
 _COUNT_LIKELIHOODS = ("nb", "zinb", "poisson", "nbmixture")
+#: ``mdata.uns`` key under which the ``tl`` functions store their results (a dict).
+UNS_KEY = "spvi"
+#: ``mdata[modality].varm`` key of the per-feature variance explained.
+VARIANCE_VARM_KEY = "spvi_variance_explained"
+_EPS_PROB = 1e-10
+_NEWTON_STEPS = 50
+_NEWTON_TOLERANCE = 1e-9
 
 
 # ---------------------------------------------------------------------- helpers
@@ -109,102 +117,300 @@ def _dimension_names(model: SPVI, kind: str, modality: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------- variance explained
-@torch.inference_mode()
-def _block_reconstructions(
+def _nb_theta(model: SPVI, m: int) -> torch.Tensor | None:
+    """The per-feature inverse dispersion of modality ``m``'s NB-family head (conditional), else ``None``."""
+    head = model.module.decoders[m].likelihood
+    log_theta = getattr(head, "log_theta", None)
+    return None if log_theta is None else _theta(log_theta.detach()).to(torch.float64)
+
+
+def _unit_deviance(likelihood: str, x: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    """Element-wise deviance ``2 (log p(x | saturated) - log p(x | mean))`` of the likelihood's family.
+
+    ``nb``, ``zinb`` and ``nbmixture``: negative binomial with the head's per-feature inverse dispersion
+    ``theta``; ``poisson``: Poisson; ``bernoulli``: Bernoulli on ``x > 0``; ``gaussian``: the squared residual
+    (0 where ``x`` is ``NaN``).
+    """
+    if likelihood == "gaussian":
+        return torch.where(torch.isnan(x), torch.zeros_like(x), x - mean) ** 2
+    if likelihood == "bernoulli":
+        p = mean.clamp(_EPS_PROB, 1.0 - _EPS_PROB)
+        return -2.0 * torch.where(x > 0, torch.log(p), torch.log1p(-p))
+    mean = mean.clamp(min=_EPS_PROB)
+    x_log_ratio = torch.where(x > 0, x * torch.log(x.clamp(min=_EPS_PROB) / mean), torch.zeros_like(x))
+    if likelihood == "poisson":
+        return 2.0 * (x_log_ratio - (x - mean))
+    return 2.0 * (x_log_ratio - (x + theta) * torch.log((x + theta) / (mean + theta)))
+
+
+def _null_deviance(likelihood: str, x: torch.Tensor, library: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    """Per-feature deviance of the intercept-only model (the maximum-likelihood feature mean), ``(features,)``.
+
+    The mean is ``library * exp(c)`` for count likelihoods (``library`` is 1 for ``nbmixture``) and
+    ``library * sigmoid(c)`` for ``bernoulli``, with ``c`` per feature: in closed form for Poisson, by Newton's
+    method from the Poisson solution for the negative binomial, by Fisher scoring for Bernoulli. For
+    ``gaussian`` the feature's mean.
+    """
+    if likelihood == "gaussian":
+        return _unit_deviance(likelihood, x, torch.nanmean(x, dim=0), theta).sum(dim=0)
+    if likelihood == "bernoulli":
+        y = (x > 0).to(x.dtype)
+        c = torch.logit((y.mean(dim=0) / library.mean()).clamp(1e-6, 1 - 1e-6))
+        for _ in range(_NEWTON_STEPS):
+            s = torch.sigmoid(c)
+            not_p = (1.0 - library * s).clamp(min=_EPS_PROB)
+            gradient = -2.0 * (y * (1 - s) - (1 - y) * library * s * (1 - s) / not_p).sum(dim=0)
+            information = 2.0 * (library * s * (1 - s) ** 2 / not_p).sum(dim=0)
+            step = (gradient / information.clamp(min=1e-12)).clamp(-5.0, 5.0)
+            c = c - step
+            if step.abs().max() < _NEWTON_TOLERANCE:
+                break
+        return _unit_deviance(likelihood, x, library * torch.sigmoid(c), theta).sum(dim=0)
+    c = torch.log(x.sum(dim=0).clamp(min=_EPS_PROB) / library.sum())
+    if likelihood != "poisson":
+        for _ in range(_NEWTON_STEPS):
+            mean = library * torch.exp(c)
+            gradient = 2.0 * (theta * (mean - x) / (mean + theta)).sum(dim=0)
+            curvature = 2.0 * (theta * mean * (theta + x) / (mean + theta) ** 2).sum(dim=0)
+            step = (gradient / curvature.clamp(min=1e-12)).clamp(-5.0, 5.0)
+            c = c - step
+            if step.abs().max() < _NEWTON_TOLERANCE:
+                break
+    return _unit_deviance(likelihood, x, library * torch.exp(c), theta).sum(dim=0)
+
+
+def _reconstruction_latents(n_shared: int, n_private: int) -> dict[str, torch.Tensor]:
+    """Mask over ``[z_shared, z_private]`` per reconstruction: ``z_shared`` alone, both, and all but each dimension."""
+    n_latent = n_shared + n_private
+    masks = {"shared": torch.arange(n_latent) < n_shared, "shared+private": torch.ones(n_latent, dtype=torch.bool)}
+    for d in range(n_latent):
+        masks[f"without_{d}"] = torch.arange(n_latent) != d
+    return masks
+
+
+def _deviance_explained(
     model: SPVI, mdata: MuData | None, modality: str, batch_size: int | None
-) -> dict[str, np.ndarray]:
-    """Expected value of ``modality`` decoded from each block alone and from both, for every cell."""
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-feature deviance of each reconstruction of ``modality`` and of the intercept-only model.
+
+    Each reconstruction decodes the posterior means with the dimensions outside its mask at their prior mean 0,
+    at the cell's own library size (or learned depth) and covariates; only cells that have the modality count.
+    """
+    module = model.module
     (m,) = model._modality_indices([modality], "modality")
-    decoded = {block: [] for block in BLOCKS}
-    for tensors, z_shared, z_private in _posterior_means(model, mdata, m, batch_size):
-        inputs = {
-            "shared": (torch.cat([z_shared, torch.zeros_like(z_private)], dim=1), True),
-            "private": (torch.cat([torch.zeros_like(z_shared), z_private], dim=1), False),
-            "shared+private": (torch.cat([z_shared, z_private], dim=1), False),
+    likelihood = model.likelihoods[modality]
+    theta = _nb_theta(model, m)
+    masks = _reconstruction_latents(module.n_shared, module.n_private[m])
+    residual = dict.fromkeys(masks, 0.0)
+    observed_rows, libraries = [], []
+    for tensors, z_shared, z_private in _posterior_means_no_grad(model, mdata, m, batch_size):
+        observed = tensors[PRESENCE_KEY][:, m].bool()
+        if not observed.any():
+            continue
+        tensors = {key: value[observed] for key, value in tensors.items()}
+        z = torch.cat([z_shared, z_private], dim=1)[observed]
+        x = tensors[data_key(modality)].to(torch.float64)
+        library = module.cell_library(m, tensors[data_key(modality)], torch.ones_like(z[:, :1], dtype=torch.bool))
+        rows = torch.ones(z.shape[0], 1, dtype=torch.bool, device=z.device)
+        for name, mask in masks.items():
+            params = module.decoders[m](z * mask.to(z), library, ~rows, *module._categorical(tensors))
+            mean = module.decoders[m].likelihood.expected_value(params).to(torch.float64)
+            residual[name] = residual[name] + _unit_deviance(likelihood, x, mean, theta).sum(dim=0).cpu()
+        observed_rows.append(x.cpu())
+        libraries.append(library.to(torch.float64).cpu())
+    if not observed_rows:
+        raise ValueError(f"no cell has modality {modality!r}: nothing to explain")
+    uses_library = module.decoders[m].likelihood.uses_library
+    x, library = torch.cat(observed_rows), torch.cat(libraries)
+    null = _null_deviance(
+        likelihood, x, library if uses_library else torch.ones_like(library), theta.cpu() if theta is not None else None
+    )
+    return {name: value.numpy() for name, value in residual.items()}, null.numpy()
+
+
+def _fractions(residual: dict[str, np.ndarray], null: np.ndarray, dimension_names: list[str], index) -> pd.DataFrame:
+    """Fractions of the null deviance: ``z_shared`` alone, what the private block adds, both, and each dimension.
+
+    A dimension's fraction is what the full reconstruction loses without it, ``(D_without - D_both) / D_0``.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(null > 0, null, np.nan)
+        both = residual["shared+private"]
+        columns = {
+            "shared": 1.0 - residual["shared"] / scale,
+            "private": (residual["shared"] - both) / scale,
+            "shared+private": 1.0 - both / scale,
         }
-        for block, (z, marginal) in inputs.items():
-            decoded[block].append(_decode_mean(model, m, z, tensors, marginal).cpu())
-    return {block: torch.cat(parts).numpy().astype(np.float64) for block, parts in decoded.items()}
+        for d, name in enumerate(dimension_names):
+            columns[name] = (residual[f"without_{d}"] - both) / scale
+    return pd.DataFrame(columns, index=pd.Index(index, name="feature"))
+
+
+def _store(mdata: MuData, key: str, value) -> None:
+    """Write ``value`` into ``mdata.uns["spvi"][key]``."""
+    if not isinstance(mdata.uns.get(UNS_KEY), dict):
+        mdata.uns[UNS_KEY] = {}
+    mdata.uns[UNS_KEY][key] = value
+
+
+def _store_in(mdata: MuData, key: str, name: str, value) -> None:
+    """Write ``value`` into ``mdata.uns["spvi"][key][name]``."""
+    _store(mdata, key, {**mdata.uns.get(UNS_KEY, {}).get(key, {}), name: value})
+
+
+def stored(mdata: MuData, key: str, name: str | None = None) -> pd.DataFrame:
+    """A result that a :mod:`spvi.tl` function wrote into ``mdata.uns["spvi"]``.
+
+    Parameters
+    ----------
+    mdata
+        MuData the function wrote into.
+    key
+        ``"variance_explained"``, ``"variance_explained_dimensions"``, ``"label_association"`` or
+        ``"prediction_quality"``.
+    name
+        For ``"label_association"`` the ``labels_key``, for ``"prediction_quality"`` ``"<sources>_to_<target>"``
+        (default: the only one stored).
+
+    Returns
+    -------
+    The table, as the function returns it with ``inplace=False``.
+    """
+    results = mdata.uns.get(UNS_KEY, {})
+    if key not in results:
+        raise ValueError(f"mdata.uns[{UNS_KEY!r}] has no {key!r}: run spvi.tl.{key.removesuffix('_dimensions')} first")
+    value = results[key]
+    if not isinstance(value, Mapping):
+        return value
+    if name is None:
+        if len(value) != 1:
+            raise ValueError(f"mdata.uns[{UNS_KEY!r}][{key!r}] holds {sorted(value)}: pass name= one of them")
+        (name,) = value
+    if name not in value:
+        raise ValueError(f"mdata.uns[{UNS_KEY!r}][{key!r}] has no {name!r}; stored: {sorted(value)}")
+    return value[name]
 
 
 def variance_explained(
     model: SPVI,
     mdata: MuData | None = None,
     modalities: str | Sequence[str] | None = None,
+    by: Literal["block", "dimension"] = "block",
     per_feature: bool = False,
     batch_size: int | None = None,
-) -> pd.DataFrame:
-    """Variance of each modality explained by ``z_shared``, by its private block, and by both (MOFA+-style R²).
+    inplace: bool = True,
+) -> pd.DataFrame | None:
+    """Fraction of each modality explained by ``z_shared``, by its private block and by each latent dimension.
 
-    For each modality the decoder is run at the posterior means with (a) ``z_shared`` and the private block at
-    its prior mean 0, (b) the private block and ``z_shared`` at 0, (c) both. The R² of each reconstruction is
-    ``1 - SS_res / SS_tot`` on the analysis scale (see :mod:`spvi.tl`), over the cells that have the modality,
-    with ``SS_tot`` around each feature's mean. ``z_shared`` is the joint posterior mean from all the cell's
-    modalities. The decoder is non-linear, so the shared and the private R² need not add up to the joint one,
-    and a block that explains nothing on its own can have R² < 0.
+    The data are compared with reconstructions that decode the cell's posterior means, at its library size (or
+    learned depth) and covariates, with some latent dimensions at their prior mean 0. Each is scored by its
+    deviance ``D`` under the modality's likelihood family, relative to the deviance ``D_0`` of the
+    intercept-only model (each feature's maximum-likelihood mean, scaled by the same library size):
+
+    - ``shared``: ``1 - D / D_0`` of ``z_shared`` alone, the private block at 0: the model's reconstruction
+      from what the modalities share (its cross-modal prediction, from the joint ``z_shared``);
+    - ``private``: what the private block adds to it, ``(D_shared - D_both) / D_0``;
+    - ``shared+private``: ``1 - D_both / D_0`` (the sum of the two);
+    - each dimension: what the full reconstruction loses without it, ``(D_without - D_both) / D_0``: the
+      analogue of MOFA+'s per-factor variance explained (for a linear decoder with uncorrelated factors the two
+      coincide; a dimension alone, the others at 0, decodes far from any cell). The dimensions' values need not
+      add up to their block's.
+
+    The families: negative binomial with the decoder's per-feature dispersion for ``nb``, ``zinb`` and
+    ``nbmixture``; Poisson; Bernoulli on ``x > 0`` for ``bernoulli``; for ``gaussian`` the deviance is the
+    residual sum of squares, so the fractions are MOFA+'s R² (``1 - SS_res / SS_tot``, ``NaN`` entries left
+    out). Only cells that have the modality count; ``z_shared`` is the joint posterior mean from all their
+    modalities. The deviance weighs each count's residual by the likelihood's own variance, so that the
+    sampling noise of sparse counts, which no latent can explain, does not swamp the score as it does in an R²
+    of log-normalised counts (MMVAE++ on the CITE-seq mosaic, 200 epochs: ``z_shared`` explains 0.31 of the
+    RNA's and 0.50 of the protein's deviance, but an R² of log-normalised counts of -0.07 and 0.24). A value
+    below 0 means a reconstruction worse than the intercept-only model.
 
     Parameters
     ----------
     model
         A trained model.
     mdata
-        MuData to evaluate on (default: the training data).
+        MuData to evaluate on and write into (default: the training data).
     modalities
         Modalities to evaluate (default all).
+    by
+        What the returned table is per (with ``inplace=False``): ``"block"`` or ``"dimension"``.
     per_feature
-        Return one R² per feature instead of one per modality.
+        Return one value per feature (with ``inplace=False``).
     batch_size
         Minibatch size.
+    inplace
+        Write the results into ``mdata`` and return ``None`` (as scanpy's ``inplace``); ``False``: return the
+        table and write nothing.
 
     Returns
     -------
-    ``per_feature=False``: modalities x ``["shared", "private", "shared+private"]``, the R² of all features of the
-    modality together (sums of squares pooled over features). ``per_feature=True``: one row per feature with
-    columns ``modality``, ``feature`` and the three R² (``NaN`` for constant features).
+    ``None`` with ``inplace=True``; the results are then in ``mdata.uns["spvi"]["variance_explained"]`` (the
+    ``by="block"`` table), ``mdata.uns["spvi"]["variance_explained_dimensions"]`` (the ``by="dimension"``
+    table) and ``mdata[modality].varm["spvi_variance_explained"]`` (features x reconstructions). Otherwise
+    ``by="block"``: modalities x ``["shared", "private", "shared+private"]``; ``by="dimension"``: latent
+    dimensions (``"shared_0"``, ..., ``"private_<modality>_0"``, ...) x modalities, ``NaN`` where a private
+    dimension is not the modality's; ``per_feature=True``: one row per feature with columns ``modality``,
+    ``feature`` and the blocks' or dimensions' fractions (``NaN`` for features the null model fits exactly).
 
     Examples
     --------
-    >>> r2 = spvi.tl.variance_explained(model)
-    >>> spvi.pl.variance_explained(r2)
+    >>> spvi.tl.variance_explained(model)
+    >>> spvi.pl.variance_explained(model.mdata, by="dimension")
     """
     _check_model(model)
+    if by not in ("block", "dimension"):
+        raise ValueError(f"by must be 'block' or 'dimension', got {by!r}")
+    user_mdata = model.mdata if mdata is None else mdata
     registered = model._validate_anndata(mdata)
-    rows_out, totals = [], {}
+    blocks, dimensions, features = {}, {}, []
     for modality in _modality_list(model, modalities):
-        rows, observed = _observed(model, registered, modality)
-        decoded = _block_reconstructions(model, mdata, modality, batch_size)
-        names = list(decoded)
-        observed, *predictions = _analysis_scale(
-            model.likelihoods[modality], observed, *(decoded[b][rows] for b in names)
-        )
-        measured = ~np.isnan(observed)
-        centred = np.where(measured, observed - np.nanmean(observed, axis=0), 0.0)
-        ss_tot = float(np.sum(centred**2))
-        totals[modality] = {}
-        per_block = {}
-        for block, prediction in zip(names, predictions, strict=True):
-            ss_res = float(np.sum(np.where(measured, observed - prediction, 0.0) ** 2))
-            totals[modality][block] = 1.0 - ss_res / ss_tot if ss_tot > 0 else np.nan
-            per_block[block] = r2_per_feature(observed, prediction)
-        features = pd.DataFrame(per_block)
-        features.insert(0, "feature", registered.mod[modality].var_names.to_numpy())
-        features.insert(0, "modality", modality)
-        rows_out.append(features)
-    if per_feature:
-        return pd.concat(rows_out, ignore_index=True)
-    table = pd.DataFrame.from_dict(totals, orient="index")[list(BLOCKS)]
-    table.index.name = "modality"
-    table.columns.name = "reconstructed from"
-    return table
+        residual, null = _deviance_explained(model, mdata, modality, batch_size)
+        dimension_names = _dimension_names(model, "shared", modality) + _dimension_names(model, "private", modality)
+        per_feature_table = _fractions(residual, null, dimension_names, registered.mod[modality].var_names)
+        pooled = _fractions(
+            {key: value.sum(keepdims=True) for key, value in residual.items()},
+            null.sum(keepdims=True),
+            dimension_names,
+            ["all"],
+        ).loc["all"]
+        blocks[modality] = pooled[list(BLOCKS)].to_dict()
+        dimensions[modality] = pooled[dimension_names].to_dict()
+        features.append((modality, per_feature_table))
+    block_table = pd.DataFrame.from_dict(blocks, orient="index")[list(BLOCKS)]
+    block_table.index.name, block_table.columns.name = "modality", "reconstructed from"
+    all_dimensions = _dimension_names(model, "shared", model.modalities[0]) + [
+        name for m in model.modalities for name in _dimension_names(model, "private", m)
+    ]
+    dimension_table = pd.DataFrame(dimensions).reindex(all_dimensions)
+    dimension_table.index.name, dimension_table.columns.name = "dimension", "modality"
+    if inplace:
+        _store(user_mdata, "variance_explained", block_table)
+        _store(user_mdata, "variance_explained_dimensions", dimension_table)
+        for modality, table in features:
+            user_mdata.mod[modality].varm[VARIANCE_VARM_KEY] = table.reindex(user_mdata.mod[modality].var_names)
+        return None
+    if not per_feature:
+        return block_table if by == "block" else dimension_table
+    long = []
+    for modality, table in features:
+        columns = list(BLOCKS) if by == "block" else list(table.columns[len(BLOCKS) :])
+        frame = table[columns].reset_index()
+        frame.insert(0, "modality", modality)
+        long.append(frame)
+    return pd.concat(long, ignore_index=True)
 
 
 # ---------------------------------------------------------------------- feature associations
-def _decoder_gradients(model: SPVI, mdata: MuData | None, modality: str, batch_size: int | None) -> np.ndarray:
-    """Mean over cells of the derivative of each feature's decoded value with respect to each latent input.
+def _decoder_gradients(
+    model: SPVI, mdata: MuData | None, modality: str, dimensions: range, batch_size: int | None
+) -> np.ndarray:
+    """Mean over cells of the derivative of each feature's decoded value with respect to latent inputs.
 
     The decoded value is the log expected value for count likelihoods, the logit of the probability for
-    ``bernoulli`` and the mean for ``gaussian``, at the cell's posterior means. Returns ``(n_shared +
-    n_private, n_features)``.
+    ``bernoulli`` and the mean for ``gaussian``, at the cell's posterior means; ``dimensions`` are positions in
+    ``[z_shared, z_private]``. Returns ``(len(dimensions), n_features)``.
     """
     (m,) = model._modality_indices([modality], "modality")
     likelihood = model.likelihoods[modality]
@@ -224,13 +430,11 @@ def _decoder_gradients(model: SPVI, mdata: MuData | None, modality: str, batch_s
                 return torch.logit(mean, eps=1e-6)
             return mean
 
-        rows = []
-        for d in range(z.shape[1]):
-            tangent = torch.zeros_like(z)
-            tangent[:, d] = 1.0
-            _, derivative = torch.func.jvp(decoded, (z,), (tangent,))
-            rows.append(derivative.sum(dim=0))
-        batch_total = torch.stack(rows).cpu().numpy().astype(np.float64)
+        tangents = torch.zeros(len(dimensions), *z.shape, dtype=z.dtype, device=z.device)
+        for i, d in enumerate(dimensions):
+            tangents[i, :, d] = 1.0
+        derivatives = torch.func.vmap(lambda t: torch.func.jvp(decoded, (z,), (t,))[1])(tangents)  # noqa: B023
+        batch_total = derivatives.sum(dim=1).cpu().numpy().astype(np.float64)
         total = batch_total if total is None else total + batch_total
         n_cells += z.shape[0]
     return total / n_cells
@@ -250,7 +454,8 @@ def feature_associations(
     n_top: int | None = None,
     feature_names: str | None = None,
     batch_size: int | None = None,
-) -> pd.DataFrame:
+    inplace: bool = True,
+) -> pd.DataFrame | None:
     """Features of ``modality`` associated with each dimension of ``z_shared`` or of the modality's private block.
 
     Two scores per dimension and feature: the Pearson correlation, over the cells that have the modality,
@@ -270,17 +475,23 @@ def feature_associations(
     rank_by
         Score whose absolute value ranks the features within each dimension.
     mdata
-        MuData to evaluate on (default: the training data).
+        MuData to evaluate on and write into (default: the training data).
     n_top
-        Keep the ``n_top`` best-ranked features per dimension (default all).
+        Keep the ``n_top`` best-ranked features per dimension (default all; with ``inplace=False``).
     feature_names
         Column of ``mdata[modality].var`` with display names (e.g. gene symbols) for a ``name`` column.
     batch_size
         Minibatch size.
+    inplace
+        Write both scores of every feature into ``mdata[modality].varm`` and return ``None`` (as scanpy's
+        ``inplace``); ``False``: return the table and write nothing.
 
     Returns
     -------
-    One row per dimension and feature, with columns ``dimension`` (``"shared_0"``, ...,
+    ``None`` with ``inplace=True``; the scores are then in ``mdata[modality].varm["spvi_correlation_<kind>"]``
+    and ``mdata[modality].varm["spvi_gradient_<kind>"]`` (features x dimensions, like muon's MOFA+ weights
+    in ``varm["LFs"]``), read by :func:`spvi.pl.feature_associations` and :func:`association_table`.
+    Otherwise one row per dimension and feature, with columns ``dimension`` (``"shared_0"``, ...,
     ``"private_<modality>_0"``, ...), ``feature``, (``name``,) ``correlation``, ``gradient`` and ``rank`` (1 =
     strongest), sorted by dimension and rank.
     """
@@ -310,22 +521,100 @@ def feature_associations(
     correlation = np.stack(
         [pearson_per_feature(observed, np.broadcast_to(z[:, [d]], observed.shape)) for d in range(z.shape[1])]
     )
-    gradients = _decoder_gradients(model, mdata, modality, batch_size)
-    gradients = gradients[: model.module.n_shared] if kind == "shared" else gradients[model.module.n_shared :]
+    n_shared = model.module.n_shared
+    positions = range(n_shared) if kind == "shared" else range(n_shared, n_shared + len(dimensions))
+    gradients = _decoder_gradients(model, mdata, modality, positions, batch_size)
 
-    features = registered.mod[modality].var_names.to_numpy()
+    features = registered.mod[modality].var_names
+    if inplace:
+        for score, values in (("correlation", correlation), ("gradient", gradients)):
+            frame = pd.DataFrame(values.T, index=features, columns=dimensions)
+            user_mdata.mod[modality].varm[association_key(score, kind)] = frame.reindex(user_mdata[modality].var_names)
+        return None
+    names = None
+    if feature_names is not None:
+        names = user_mdata[modality].var[feature_names].reindex(features).astype(str).to_numpy()
+    return _rank_associations(features.to_numpy(), correlation, gradients, dimensions, names, rank_by, n_top)
+
+
+def _rank_associations(
+    features: np.ndarray,
+    correlation: np.ndarray,
+    gradients: np.ndarray,
+    dimensions: list[str],
+    names: np.ndarray | None,
+    rank_by: str,
+    n_top: int | None,
+) -> pd.DataFrame:
+    """The long table of :func:`feature_associations` from the dimensions x features score matrices."""
     tables = []
     for d, dimension in enumerate(dimensions):
         table = pd.DataFrame(
             {"dimension": dimension, "feature": features, "correlation": correlation[d], "gradient": gradients[d]}
         )
-        if feature_names is not None:
-            table.insert(2, "name", user_mdata[modality].var[feature_names].reindex(features).astype(str).to_numpy())
+        if names is not None:
+            table.insert(2, "name", names)
         strength = table[rank_by].abs().fillna(-1.0)
         table = table.iloc[np.argsort(-strength.to_numpy(), kind="stable")].reset_index(drop=True)
         table["rank"] = np.arange(1, len(table) + 1)
         tables.append(table if n_top is None else table.head(n_top))
     return pd.concat(tables, ignore_index=True)
+
+
+def association_key(score: Literal["correlation", "gradient"], kind: Literal["shared", "private"]) -> str:
+    """``.varm`` key of the scores written by :func:`feature_associations` (``"spvi_<score>_<kind>"``)."""
+    return f"spvi_{score}_{kind}"
+
+
+def association_table(
+    mdata: MuData,
+    modality: str,
+    kind: Literal["shared", "private"] = "shared",
+    rank_by: Literal["correlation", "gradient"] = "correlation",
+    n_top: int | None = None,
+    feature_names: str | None = None,
+) -> pd.DataFrame:
+    """The table of :func:`feature_associations` from the scores it wrote into ``mdata[modality].varm``.
+
+    Parameters
+    ----------
+    mdata
+        MuData that :func:`feature_associations` wrote into.
+    modality
+        Modality whose features were scored.
+    kind
+        ``"shared"`` or ``"private"``, as passed to :func:`feature_associations`.
+    rank_by
+        Score whose absolute value ranks the features within each dimension.
+    n_top
+        Keep the ``n_top`` best-ranked features per dimension (default all).
+    feature_names
+        Column of ``mdata[modality].var`` with display names for a ``name`` column.
+
+    Returns
+    -------
+    The ``inplace=False`` output of :func:`feature_associations`.
+    """
+    if modality not in mdata.mod:
+        raise ValueError(f"modality {modality!r} is not in the MuData; available: {list(mdata.mod)}")
+    varm = mdata[modality].varm
+    keys = [association_key("correlation", kind), association_key("gradient", kind)]
+    if not all(key in varm for key in keys):
+        raise ValueError(
+            f"mdata[{modality!r}].varm has no {keys}: run spvi.tl.feature_associations(model, {modality!r}, "
+            f"kind={kind!r}) first"
+        )
+    correlation, gradients = (pd.DataFrame(varm[key]) for key in keys)
+    names = None if feature_names is None else mdata[modality].var[feature_names].astype(str).to_numpy()
+    return _rank_associations(
+        mdata[modality].var_names.to_numpy(),
+        correlation.to_numpy().T,
+        gradients.to_numpy().T,
+        [str(c) for c in correlation.columns],
+        names,
+        rank_by,
+        n_top,
+    )
 
 
 # ---------------------------------------------------------------------- cross-modal prediction quality
@@ -375,7 +664,8 @@ def prediction_quality(
     target: str,
     mdata: MuData | None = None,
     batch_size: int | None = None,
-) -> pd.DataFrame:
+    inplace: bool = True,
+) -> pd.DataFrame | None:
     """Per-feature quality of the cross-modal prediction ``source -> target`` on cells that have both.
 
     For a Gaussian target the R² of :meth:`spvi.SPVI.predict` against the observed values (as
@@ -392,13 +682,16 @@ def prediction_quality(
     target
         Modality to predict.
     mdata
-        MuData to evaluate on (default: the training data); use held-out cells.
+        MuData to evaluate on and write into (default: the training data); use held-out cells.
     batch_size
         Minibatch size.
+    inplace
+        Write the table into ``mdata.uns["spvi"]["prediction_quality"]["<sources>_to_<target>"]`` (sources
+        joined by ``+``) and return ``None`` (as scanpy's ``inplace``); ``False``: return it and write nothing.
 
     Returns
     -------
-    Indexed by the features of ``target``: ``score`` (R² or Pearson r; ``NaN`` for features constant in the
+    ``None`` with ``inplace=True``, else the table, indexed by the features of ``target``: ``score`` (R² or Pearson r; ``NaN`` for features constant in the
     evaluated cells), ``metric`` (``"r2"`` or ``"pearson"``), ``mean`` (mean observed value on the analysis
     scale) and ``source``/``target``.
     """
@@ -421,7 +714,7 @@ def prediction_quality(
     observed, prediction = _analysis_scale(likelihood, observed, prediction.astype(np.float64))
     metric = "r2" if likelihood == "gaussian" else "pearson"
     score = r2_per_feature(observed, prediction) if metric == "r2" else pearson_per_feature(observed, prediction)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "score": score,
             "metric": metric,
@@ -431,6 +724,10 @@ def prediction_quality(
         },
         index=pd.Index(registered.mod[target].var_names, name="feature"),
     )
+    if not inplace:
+        return table
+    _store_in(model.mdata if mdata is None else mdata, "prediction_quality", f"{'+'.join(sources)}_to_{target}", table)
+    return None
 
 
 # ---------------------------------------------------------------------- label association
@@ -459,7 +756,8 @@ def label_association(
     n_neighbors: int = 15,
     random_state: int = 0,
     batch_size: int | None = None,
-) -> pd.DataFrame:
+    inplace: bool = True,
+) -> pd.DataFrame | None:
     """How well each latent block predicts a label on held-out cells (the paper's shared-biomarker check).
 
     For ``z_shared`` and each private block, a logistic regression and a k-nearest-neighbour classifier are fit
@@ -489,10 +787,13 @@ def label_association(
         Seed of the random split.
     batch_size
         Minibatch size.
+    inplace
+        Write the table into ``mdata.uns["spvi"]["label_association"][labels_key]`` and return ``None`` (as
+        scanpy's ``inplace``); ``False``: return it and write nothing.
 
     Returns
     -------
-    One row per block (index ``block``) with columns ``auc``, ``knn_accuracy``, ``n_train`` and ``n_test``.
+    ``None`` with ``inplace=True``, else one row per block (index ``block``) with columns ``auc``, ``knn_accuracy``, ``n_train`` and ``n_test``.
     """
     _check_model(model)
     user_mdata = model.mdata if mdata is None else mdata
@@ -533,7 +834,11 @@ def label_association(
                 "n_test": int(score.sum()),
             }
         )
-    return pd.DataFrame(rows).set_index("block")
+    table = pd.DataFrame(rows).set_index("block")
+    if not inplace:
+        return table
+    _store_in(user_mdata, "label_association", labels_key, table)
+    return None
 
 
 # ---------------------------------------------------------------------- training history
@@ -586,10 +891,10 @@ def latent_umap(
 ) -> list[str]:
     """Write the embeddings into ``mdata.obsm`` and a UMAP of each latent block, computed with scanpy.
 
-    Calls :meth:`spvi.SPVI.write_latents`, then for each block ``sc.pp.neighbors(adata, use_rep=...)`` and
-    ``sc.tl.umap`` on an AnnData that holds the block for the cells that have it (all cells for
-    ``z_shared``, the cells with the modality for a private block). The neighbour graph of ``z_shared`` is
-    also what ``sc.pp.neighbors(mdata, use_rep="X_spvi_shared")`` gives for clustering.
+    Calls :meth:`spvi.SPVI.write_latents`, then for each block ``sc.pp.neighbors(adata, use_rep=...)`` (exact
+    neighbours, ``transformer="sklearn"``) and ``sc.tl.umap`` on an AnnData that holds the block for the cells
+    that have it (all cells for ``z_shared``, the cells with the modality for a private block). For a
+    neighbour graph of all cells in ``mdata`` itself (clustering, ``sc.tl.umap``) see :func:`neighbors`.
 
     Parameters
     ----------
@@ -627,10 +932,78 @@ def latent_umap(
         if rows.sum() <= n_neighbors:
             raise ValueError(f"block {block!r} has {rows.sum()} cells, fewer than n_neighbors + 1 = {n_neighbors + 1}")
         adata = ad.AnnData(obs=pd.DataFrame(index=mdata.obs_names[rows]), obsm={latent_keys[block]: z[rows]})
-        sc.pp.neighbors(adata, use_rep=latent_keys[block], n_neighbors=n_neighbors, random_state=random_state)
+        sc.pp.neighbors(
+            adata, use_rep=latent_keys[block], n_neighbors=n_neighbors, random_state=random_state, transformer="sklearn"
+        )
         sc.tl.umap(adata, random_state=random_state)
         umap = np.full((mdata.n_obs, 2), np.nan)
         umap[rows] = adata.obsm["X_umap"]
         mdata.obsm[umap_key(block)] = umap
         written.append(umap_key(block))
     return written
+
+
+#: ``.obsm`` key of the embedding of all blocks written by :func:`neighbors` (missing private blocks at 0).
+ALL_OBSM_KEY = "X_spvi_all"
+
+
+def neighbors(
+    model: SPVI,
+    mdata: MuData | None = None,
+    use_rep: Literal["all", "shared"] = "all",
+    n_neighbors: int = 15,
+    key_added: str | None = None,
+    random_state: int = 0,
+    batch_size: int | None = None,
+) -> None:
+    """Neighbour graph of all cells of ``mdata`` on spvi's embedding, for ``sc.tl.umap``, ``sc.tl.leiden`` and plots.
+
+    Calls :meth:`spvi.SPVI.write_latents` and writes ``mdata.obsm["X_spvi_all"]``: ``[z_shared, z_private_1,
+    ..., z_private_M]`` with the private block of a modality the cell lacks at its prior mean 0, which is also
+    its posterior mean given the cell's other modalities (the private blocks are independent of the other
+    modalities). ``write_latents`` leaves those rows ``NaN``, which ``sc.pp.neighbors`` cannot use. Then runs
+    ``sc.pp.neighbors(mdata, use_rep=..., transformer="sklearn")`` (exact neighbours; scanpy 1.11's default
+    approximate search fails with scipy >= 1.15 above 4,096 cells).
+
+    Parameters
+    ----------
+    model
+        A trained model.
+    mdata
+        MuData to embed and write into (default: the training MuData).
+    use_rep
+        ``"all"``: ``X_spvi_all``; ``"shared"``: ``z_shared`` alone (``X_spvi_shared``, defined for every cell).
+    n_neighbors
+        Neighbours per cell.
+    key_added
+        As in ``sc.pp.neighbors``: where the graph goes (default ``mdata.uns["neighbors"]``,
+        ``mdata.obsp["connectivities"]`` and ``mdata.obsp["distances"]``).
+    random_state
+        Seed, passed to ``sc.pp.neighbors``.
+    batch_size
+        Minibatch size.
+
+    Examples
+    --------
+    >>> spvi.tl.neighbors(model, mdata)
+    >>> sc.tl.umap(mdata)
+    >>> sc.pl.umap(mdata, color="cell_type")
+    """
+    _check_model(model)
+    if use_rep not in ("all", "shared"):
+        raise ValueError(f"use_rep must be 'all' or 'shared', got {use_rep!r}")
+    mdata = model.mdata if mdata is None else mdata
+    model.write_latents(mdata, batch_size=batch_size)
+    blocks = [np.asarray(mdata.obsm[SHARED_OBSM_KEY])] + [
+        np.nan_to_num(np.asarray(mdata.obsm[private_obsm_key(m)]), nan=0.0) for m in model.modalities
+    ]
+    mdata.obsm[ALL_OBSM_KEY] = np.concatenate(blocks, axis=1)
+    key = ALL_OBSM_KEY if use_rep == "all" else SHARED_OBSM_KEY
+    sc.pp.neighbors(
+        mdata,
+        use_rep=key,
+        n_neighbors=n_neighbors,
+        key_added=key_added,
+        random_state=random_state,
+        transformer="sklearn",
+    )
