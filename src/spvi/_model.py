@@ -489,9 +489,11 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
         if train_size is None:
             validated = early_stopping or keep_best or validation_size
             train_size = (1.0 - validation_size if validation_size else 0.9) if validated else 1.0
+        steps_per_epoch = math.ceil(train_size * n_cells / batch_size)
         if n_epochs_kl_warmup is None and n_steps_kl_warmup is None:
-            steps_per_epoch = math.ceil(train_size * n_cells / batch_size)
             n_steps_kl_warmup = min(int(0.75 * n_cells), max_epochs * steps_per_epoch)
+        # Lightning warns on every fit when an epoch has fewer minibatches than its logging interval (10)
+        trainer_kwargs.setdefault("log_every_n_steps", max(1, min(10, steps_per_epoch)))
         plan_kwargs = {
             "lr": lr,
             "n_epochs_kl_warmup": n_epochs_kl_warmup,
