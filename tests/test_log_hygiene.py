@@ -107,3 +107,15 @@ def test_constant_feature_warning_names_features_points_at_the_call_and_is_not_r
         loaded = spvi.SPVI.load(tmp_path / "model", mdata=reloaded_data)
     assert not [w for w in caught if "constant" in str(w.message)]
     assert np.isfinite(loaded.get_latent_representation()).all()
+
+
+def test_small_data_train_without_lightning_logging_interval_warning():
+    # 1,600 cells at batch 512: 4 minibatches per epoch, fewer than Lightning's default logging interval of 10
+    mdata = spvi.datasets.pbmc_cite_mosaic()
+    spvi.SPVI.setup_mudata(mdata, layers={"rna": "counts", "protein": "counts"})
+    model = spvi.SPVI(mdata, n_shared=3, n_private=2, n_hidden=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=2, batch_size=512, **TRAIN_KWARGS)
+    assert not [str(w.message) for w in caught if "log_every_n_steps" in str(w.message)]
+    assert len(model.history["elbo_train"]) == 2  # per-epoch metrics are still logged
