@@ -13,7 +13,15 @@ from mudata._core.config import OPTIONS
 import spvi
 
 TRAIN_KWARGS = {"enable_progress_bar": False, "enable_checkpointing": False, "enable_model_summary": False}
-QUIET = ("already downloaded", "GPU available", "TPU available", "HPU available", "LOCAL_RANK", "Generating sequential")
+QUIET = (
+    "already downloaded",
+    "GPU available",
+    "TPU available",
+    "HPU available",
+    "LOCAL_RANK",
+    "Generating sequential",
+    "Input AnnData not setup",
+)
 
 
 class _Records(logging.Handler):
@@ -119,3 +127,15 @@ def test_small_data_train_without_lightning_logging_interval_warning():
         model.train(max_epochs=2, batch_size=512, **TRAIN_KWARGS)
     assert not [str(w.message) for w in caught if "log_every_n_steps" in str(w.message)]
     assert len(model.history["elbo_train"]) == 2  # per-epoch metrics are still logged
+
+
+def test_two_models_embed_the_same_new_data_without_scvi_transfer_lines():
+    # the second model meets new data that the first one has already padded and registered
+    mdata = spvi.datasets.pbmc_cite_mosaic()
+    new_data = mdata[:200].copy()
+    spvi.SPVI.setup_mudata(mdata, layers={"rna": "counts", "protein": "counts"})
+    models = [spvi.SPVI(mdata, n_shared=n_shared, n_private=2, n_hidden=16) for n_shared in (2, 3)]
+    with _captured_logs() as messages:
+        latents = [model.get_latent_representation(new_data) for model in models]
+    assert [z.shape for z in latents] == [(200, 2), (200, 3)]
+    assert not [m for m in messages if any(q in m for q in QUIET)]

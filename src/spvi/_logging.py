@@ -20,7 +20,11 @@ LIGHTNING_BANNERS: dict[str, tuple[str, ...]] = {
     "lightning.pytorch.accelerators.cuda": ("LOCAL_RANK",),
 }
 #: scvi-tools' line on registering spvi's internal presence mask (its columns are the modalities, not named there).
-SCVI_SETUP_LINES: dict[str, tuple[str, ...]] = {"scvi.data.fields._arraylike_field": ("Generating sequential",)}
+#: and its line when spvi hands it a new (internally registered) MuData.
+SCVI_SETUP_LINES: dict[str, tuple[str, ...]] = {
+    "scvi.data.fields._arraylike_field": ("Generating sequential",),
+    "scvi.model.base._base_model": ("Input AnnData not setup",),
+}
 #: scvi-tools' line on every :meth:`spvi.SPVI.load` (the model file is local, nothing was downloaded).
 SCVI_LOAD_LINES: dict[str, tuple[str, ...]] = {"scvi.data._download": ("File ",)}
 

@@ -365,12 +365,14 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
         if adata is None or adata is self.adata:
             return super()._validate_anndata(self.adata, copy_if_view=copy_if_view)
         try:
-            if adata not in self._registered:
-                # pad the new MuData and register it with the training data's categories and feature order
-                setup_args = self.adata_manager.registry[_SETUP_ARGS_KEY]
-                self.setup_mudata(adata, source_registry=self.adata_manager.registry, **setup_args)
-                self._register_manager_for_instance(self._get_most_recent_anndata_manager(self._registered[adata]))
-            return super()._validate_anndata(self._registered[adata], copy_if_view=copy_if_view)
+            with quiet_lines(SCVI_SETUP_LINES):  # spvi registers new data itself: no scvi "transfer" line
+                if adata not in self._registered:
+                    # pad the new MuData and register it with the training data's categories and feature order
+                    setup_args = self.adata_manager.registry[_SETUP_ARGS_KEY]
+                    self.setup_mudata(adata, source_registry=self.adata_manager.registry, **setup_args)
+                    manager = self._get_most_recent_anndata_manager(self._registered[adata])
+                    self._register_manager_for_instance(manager)
+                return super()._validate_anndata(self._registered[adata], copy_if_view=copy_if_view)
         except ValueError as error:
             if "extend_categories" not in str(error):
                 raise
