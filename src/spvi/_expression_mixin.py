@@ -160,6 +160,8 @@ class ExpressionMixin:
             ``return_mean=False``.
         batch_size
             Minibatch size.
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
 
         Returns
         -------
@@ -167,8 +169,6 @@ class ExpressionMixin:
         ``n_samples > 1`` and ``return_mean=False`` an array ``(n_samples, n_cells, n_features)``. Values are
         non-negative for count likelihoods (at most 1 for ``bernoulli``). Zero inflation (``zinb``) is left
         out, as in scVI.
-        adata
-            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
         mdata = data_argument(mdata, adata)
         registered = self._validate_anndata(mdata)
@@ -335,6 +335,8 @@ class ExpressionMixin:
             frequencies (``nb``, ``zinb``, ``poisson``; TOTALVI's value), ``1e-6`` for accessibility
             probabilities (``bernoulli``; MULTIVI's) and ``0.1`` for protein counts (``nbmixture``; TOTALVI's
             protein prior count).
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         **kwargs
             Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors` (``n_samples_overall``,
             ``test_mode``, ``cred_interval_lvls``, ...).
@@ -346,8 +348,6 @@ class ExpressionMixin:
         ``bayes_factor``, ``scale1``, ``scale2``, ``pseudocounts``, ``delta``, ``lfc_mean``, ``lfc_median``,
         ``lfc_std``, ``lfc_min``, ``lfc_max``, the raw statistics, ``is_de_fdr_<fdr_target>``, and with
         ``groupby`` ``comparison``, ``group1``, ``group2``.
-        adata
-            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
         mdata = data_argument(mdata, adata)
         user_mdata = self.mdata if mdata is None else mdata
@@ -437,6 +437,8 @@ class ExpressionMixin:
             Features of the modality to return (default all).
         batch_size
             Minibatch size.
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
 
         Returns
         -------
@@ -444,8 +446,6 @@ class ExpressionMixin:
         (as scvi-tools' TOTALVI; its single-modality ``RNASeqMixin`` returns a :class:`sparse.GCXS` array, whose
         conversion costs about 10 s of compilation on first use and saves nothing on dense protein or Gaussian
         data): counts for count likelihoods, 0/1 for ``bernoulli``, values on the user's scale for ``gaussian``.
-        adata
-            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
         mdata = data_argument(mdata, adata)
         registered = self._validate_anndata(mdata)

@@ -94,12 +94,12 @@ class VAEMixin:
             Minibatch size.
         return_mean
             Return the mean over the cells that have each modality; otherwise a tensor with one value per cell.
+        adata
+            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
 
         Returns
         -------
         ``{"reconstruction_<modality>": value}`` for every modality (the keys of the module's ``LossOutput``).
-        adata
-            Alias of ``mdata`` (scvi-tools' name); pass one of the two.
         """
         mdata = data_argument(mdata, adata)
         per_cell: dict[str, list[torch.Tensor]] = {}
