@@ -202,8 +202,7 @@ class ExpressionMixin:
             )
         if return_numpy or values.ndim == 3:
             return values
-        obs_names = registered.obs_names if indices is None else registered.obs_names[np.asarray(indices)]
-        return pd.DataFrame(values, index=obs_names, columns=var_names[features])
+        return pd.DataFrame(values, index=self._obs_names(registered, indices), columns=var_names[features])
 
     def _expression_for_de(
         self,

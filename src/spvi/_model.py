@@ -611,19 +611,19 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
         for tensors in self._minibatches(mdata, indices, batch_size):
             outputs = self.module.inference(**self.module._get_inference_input(tensors))
             presence, qz_shared, qz_private = outputs["presence"], outputs["qz_shared"], outputs["qz_private"]
-            source_mask = torch.zeros_like(presence)
-            source_mask[:, sources] = True
-            observed = presence & source_mask
+            observed = self.module.observed_sources(presence, sources)
 
             def private(values: list[torch.Tensor], presence=presence) -> list[torch.Tensor]:
                 return [v.masked_fill(~presence[:, m : m + 1], float("nan")) for m, v in enumerate(values)]
 
-            mean, variance = self.module.shared_posterior_moments(qz_shared, observed)
-            means.append(assemble(mean, private([q.loc for q in qz_private])))
-            variances.append(assemble(variance, private([q.scale.square() for q in qz_private])))
             if sample:
                 shared_sample = self.module.sample_shared_posterior(qz_shared, observed, 1)[0]
                 samples.append(assemble(shared_sample, private([q.sample() for q in qz_private])))
+                continue
+            mean, variance = self.module.shared_posterior_moments(qz_shared, observed)
+            means.append(assemble(mean, private([q.loc for q in qz_private])))
+            if return_dist:
+                variances.append(assemble(variance, private([q.scale.square() for q in qz_private])))
         if return_dist:
             return torch.cat(means).cpu().numpy(), torch.cat(variances).cpu().numpy()
         return torch.cat(samples if sample else means).cpu().numpy()

@@ -254,6 +254,13 @@ class SPVAE(BaseModuleClass):
             return presence.any(dim=1)
         return presence[:, list(term.experts)].all(dim=1)
 
+    @staticmethod
+    def observed_sources(presence: torch.Tensor, sources: list[int]) -> torch.Tensor:
+        """``(n, M)`` bool: the modalities among ``sources`` that each cell has."""
+        selected = torch.zeros_like(presence)
+        selected[:, sources] = True
+        return presence & selected
+
     def _term_posterior(self, term: Term, qz_shared: list[Normal], experts: torch.Tensor) -> Normal:
         """Posterior of ``z_shared`` of one term: a single expert, or the product of experts and prior."""
         if not term.product:
@@ -538,11 +545,10 @@ class SPVAE(BaseModuleClass):
         inference_outputs = self.inference(**self._get_inference_input(tensors))
         presence = inference_outputs["presence"]
         if library is None:
-            x = tensors[data_key(self.modalities[target])]
-            library = self.cell_library(target, x, presence[:, target : target + 1])
-        source_mask = torch.zeros_like(presence)
-        source_mask[:, sources] = True
-        observed_sources = presence & source_mask
+            library = self.cell_library(
+                target, tensors[data_key(self.modalities[target])], presence[:, target : target + 1]
+            )
+        observed_sources = self.observed_sources(presence, sources)
         z_shared = self.shared_posterior_mean(inference_outputs["qz_shared"], observed_sources)
         params = self._decode_target(
             z_shared, inference_outputs, observed_sources, target, library, self._categorical(tensors)
@@ -566,7 +572,8 @@ class SPVAE(BaseModuleClass):
         weights = torch.where(has_component, valid, torch.ones_like(valid)).to(loc.dtype)
         component = torch.multinomial(weights, n_samples, replacement=True).T  # (n_samples, n)
         cells = torch.arange(loc.shape[1], device=loc.device)
-        z = loc[component, cells] + scale[component, cells] * torch.randn_like(loc[component, cells])
+        chosen_loc = loc[component, cells]
+        z = chosen_loc + scale[component, cells] * torch.randn_like(chosen_loc)
         return torch.where(has_component, z, torch.full_like(z, float("nan")))
 
     def shared_posterior_log_prob(
@@ -621,16 +628,15 @@ class SPVAE(BaseModuleClass):
         """
         inference_outputs = self.inference(**self._get_inference_input(tensors))
         presence = inference_outputs["presence"]
-        source_mask = torch.zeros_like(presence)
-        source_mask[:, sources] = True
-        observed_sources = presence & source_mask
+        observed_sources = self.observed_sources(presence, sources)
         z_shared = self.sample_shared_posterior(inference_outputs["qz_shared"], observed_sources, n_samples)
         use_private = observed_sources[:, target : target + 1]
         private_sample = inference_outputs["qz_private"][target].sample((n_samples,))
         z_private = torch.where(use_private, private_sample, torch.zeros_like(private_sample))
         if library is None:
-            x = tensors[data_key(self.modalities[target])]
-            library = self.cell_library(target, x, presence[:, target : target + 1])
+            library = self.cell_library(
+                target, tensors[data_key(self.modalities[target])], presence[:, target : target + 1]
+            )
         categorical = self._categorical(tensors)
         if batch is not None:
             categorical[0] = torch.full_like(categorical[0], batch)
