@@ -1,5 +1,7 @@
 """The SPVI model on real MuData: registration, every likelihood, embeddings, prediction, save/load, errors."""
 
+import warnings
+
 import mudata as md
 import numpy as np
 import pandas as pd
@@ -7,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 import scvi
 import torch
+from lightning.pytorch.callbacks import Callback
 
 import spvi
 
@@ -321,6 +324,28 @@ def test_training_defaults_use_every_cell_and_scale_with_the_data(cll_small):
     model = spvi.SPVI(cll_small)
     model.train(max_epochs=500, **TRAIN_KWARGS | {"max_steps": 1})  # stop at once: only the plan is checked
     assert model.trainer.lightning_module.n_steps_kl_warmup == int(0.75 * cll_small.n_obs)
+
+
+def test_training_again_runs_the_module_in_training_mode(cll_small):
+    """Inference leaves the module in eval mode; a further call to train must train in training mode."""
+    spvi.SPVI.setup_mudata(cll_small, modalities=["rna", "meth"])
+    model = spvi.SPVI(cll_small, dropout_rate=0.1)
+    model.train(max_epochs=1, **TRAIN_KWARGS)
+    model.get_latent_representation()
+    assert not model.module.training
+    modes = []
+
+    class RecordMode(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes.append(pl_module.module.training)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # Lightning: "Found ... module(s) in eval mode"
+        model.train(max_epochs=1, callbacks=[RecordMode()], **TRAIN_KWARGS)
+    assert modes
+    assert all(modes)
+    # the cross-modal diagnostic is computed in evaluation only, so training history does not have it
+    assert "cross_modal_nll_train" not in model.history
 
 
 def test_gaussian_modalities_are_standardised_inside_the_model(tcga_path, tmp_path):

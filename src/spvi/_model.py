@@ -514,6 +514,10 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
                 *trainer_kwargs.get("callbacks", []),
                 RestoreBestState(early_stopping_monitor),
             ]
+        # Lightning keeps each submodule's mode, and inference (and scvi-tools at the end of training) leaves the
+        # module in eval mode: a second call to train, or training a loaded or query model, would otherwise run in
+        # eval mode (no dropout, no running depth median, validation-only diagnostics on every step)
+        self.module.train()
         with quiet_lines(LIGHTNING_BANNERS):
             return super().train(
                 max_epochs=max_epochs,
