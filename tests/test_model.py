@@ -10,8 +10,10 @@ import scipy.sparse as sp
 import scvi
 import torch
 from lightning.pytorch.callbacks import Callback
+from scvi.train import TrainingPlan
 
 import spvi
+from spvi._trainingplan import SPVITrainingPlan
 
 TRAIN_KWARGS = {"enable_progress_bar": False, "enable_checkpointing": False}
 
@@ -346,6 +348,26 @@ def test_training_again_runs_the_module_in_training_mode(cll_small):
     assert all(modes)
     # the cross-modal diagnostic is computed in evaluation only, so training history does not have it
     assert "cross_modal_nll_train" not in model.history
+
+
+def test_training_history_equals_scvi_tools_per_step_logging(cll_small, monkeypatch):
+    """The plan accumulates the per-epoch training metrics itself: same names and values as scvi-tools' logging."""
+    spvi.SPVI.setup_mudata(cll_small, modalities=["rna", "meth"])
+    histories = []
+    for logging_path in ("spvi", "scvi-tools"):
+        if logging_path == "scvi-tools":
+            monkeypatch.setattr(SPVITrainingPlan, "training_step", TrainingPlan.training_step)
+            monkeypatch.setattr(SPVITrainingPlan, "on_train_epoch_end", lambda self: None)
+        scvi.settings.seed = 0
+        model = spvi.SPVI(cll_small, alignment_weight=0.5)  # an extra metric ("alignment") besides reconstructions
+        model.train(max_epochs=3, batch_size=32, train_size=0.8, check_val_every_n_epoch=1, **TRAIN_KWARGS)
+        histories.append(model.history)
+    ours, reference = histories
+    assert sorted(ours) == sorted(reference)
+    assert {"train_loss", "elbo_train", "kl_local_train", "alignment_train", "reconstruction_rna_train"} <= set(ours)
+    for key in reference:
+        assert len(ours[key]) == len(reference[key]) > 0, key
+        np.testing.assert_allclose(ours[key].to_numpy(float), reference[key].to_numpy(float), rtol=1e-5, err_msg=key)
 
 
 def test_gaussian_modalities_are_standardised_inside_the_model(tcga_path, tmp_path):

@@ -155,7 +155,7 @@ class LikelihoodHead(nn.Module):
 
 
 class _SoftmaxRateHead(LikelihoodHead):
-    """Shared part of NB, ZINB and Poisson: ``rate = library * softmax(W h + b)``."""
+    """Shared part of NB, ZINB and Poisson: ``rate = library * softmax(W h + b)``, kept as ``log_rate``."""
 
     uses_library = True
 
@@ -165,11 +165,12 @@ class _SoftmaxRateHead(LikelihoodHead):
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         log_scale = F.log_softmax(self.scale_logits(hidden), dim=-1)
-        rate = torch.exp(torch.clamp(log_scale + torch.log(library), max=_MAX_LOG_RATE))
-        return {"rate": rate}
+        # log_scale <= 0, so bounding the per-cell log library bounds every log rate (one value per row, not
+        # a bound per entry: cheaper, and the same wherever the rate is below the bound)
+        return {"log_rate": log_scale + torch.clamp(torch.log(library), max=_MAX_LOG_RATE)}
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return params["rate"]
+        return torch.exp(params["log_rate"])
 
 
 class NegativeBinomialHead(_SoftmaxRateHead):
@@ -185,7 +186,7 @@ class NegativeBinomialHead(_SoftmaxRateHead):
         theta = _theta(self._stacked_dispersions())  # (2, features): conditional, marginal
         params["theta"] = torch.where(marginal, theta[1], theta[0])
         # sum over features of theta * log(theta), per row: computed on the two per-feature vectors
-        theta_log_theta = (theta * torch.log(theta + _EPS)).sum(dim=1)
+        theta_log_theta = (theta * torch.log(theta)).sum(dim=1)
         params["theta_log_theta"] = torch.where(marginal, theta_log_theta[1], theta_log_theta[0])
         return params
 
@@ -193,26 +194,29 @@ class NegativeBinomialHead(_SoftmaxRateHead):
         marginal = self.log_theta if self.log_theta_marginal is None else self.log_theta_marginal
         return torch.stack([self.log_theta, marginal])
 
+    @staticmethod
+    def _log_theta_plus_rate(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.log(params["theta"] + torch.exp(params["log_rate"]))
+
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         # log NB(x; mu, theta) as in scvi.distributions.NegativeBinomial, without -lgamma(x + 1)
-        mu, theta = params["rate"] + _EPS, params["theta"]
-        log_theta_mu = torch.log(theta + mu + _EPS)
+        theta, log_theta_mu = params["theta"], self._log_theta_plus_rate(params)
         return (
-            theta * (torch.log(theta + _EPS) - log_theta_mu)
-            + x * (torch.log(mu + _EPS) - log_theta_mu)
+            theta * (torch.log(theta) - log_theta_mu)
+            + x * (params["log_rate"] - log_theta_mu)
             + torch.lgamma(x + theta)
             - torch.lgamma(theta)
         )
 
     def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        # theta log(theta) - (x + theta) log(theta + mu) over all entries, and where x > 0 only:
-        # x log(mu) + lgamma(x + theta) - lgamma(theta) - lgamma(x + 1), which vanish at x == 0
-        mu, theta = params["rate"] + _EPS, params["theta"]
-        dense = params["theta_log_theta"].squeeze(-1) - ((x + theta) * torch.log(theta + mu + _EPS)).sum(dim=-1)
+        # theta log(theta) - theta log(theta + mu) over all entries, and where x > 0 only:
+        # x (log(mu) - log(theta + mu)) + lgamma(x + theta) - lgamma(theta) - lgamma(x + 1), which vanish at x == 0
+        theta, log_theta_mu = params["theta"], self._log_theta_plus_rate(params)
+        dense = params["theta_log_theta"].squeeze(-1) - (theta * log_theta_mu).sum(dim=-1)
         rows, cols = x.nonzero(as_tuple=True)
         counts, theta_at_counts = x[rows, cols], theta[..., rows, cols]
         at_counts = (
-            counts * torch.log(mu[..., rows, cols] + _EPS)
+            counts * (params["log_rate"][..., rows, cols] - log_theta_mu[..., rows, cols])
             + torch.lgamma(counts + theta_at_counts)
             - torch.lgamma(theta_at_counts)
             - torch.lgamma(counts + 1)
@@ -222,8 +226,11 @@ class NegativeBinomialHead(_SoftmaxRateHead):
     def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
         return -torch.lgamma(x + 1)
 
+    def _distribution(self, params: dict[str, torch.Tensor]) -> NegativeBinomial:
+        return NegativeBinomial(mu=torch.exp(params["log_rate"]) + _EPS, theta=params["theta"])
+
     def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return NegativeBinomial(mu=params["rate"] + _EPS, theta=params["theta"]).sample()
+        return self._distribution(params).sample()
 
 
 class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
@@ -238,11 +245,13 @@ class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
         params["zi_logits"] = self.dropout_logits(hidden)
         return params
 
-    def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        distribution = ZeroInflatedNegativeBinomial(
-            mu=params["rate"] + _EPS, theta=params["theta"], zi_logits=params["zi_logits"]
+    def _distribution(self, params: dict[str, torch.Tensor]) -> ZeroInflatedNegativeBinomial:
+        return ZeroInflatedNegativeBinomial(
+            mu=torch.exp(params["log_rate"]) + _EPS, theta=params["theta"], zi_logits=params["zi_logits"]
         )
-        return distribution.log_prob(x)
+
+    def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._distribution(params).log_prob(x)
 
     def log_base_measure(self, x: torch.Tensor) -> None:
         return None  # part of scvi-tools' ZINB log-likelihood in log_kernel
@@ -250,36 +259,30 @@ class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
     log_likelihood = LikelihoodHead.log_likelihood  # the zero inflation gives zeros a parameter-dependent term
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return params["rate"] * torch.sigmoid(-params["zi_logits"])
+        return torch.exp(params["log_rate"]) * torch.sigmoid(-params["zi_logits"])
 
     def denoised_mean(self, params: dict[str, torch.Tensor], include_background: bool = False) -> torch.Tensor:
-        return params["rate"]  # the zero inflation is technical (scVI's normalised expression leaves it out)
-
-    def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return ZeroInflatedNegativeBinomial(
-            mu=params["rate"] + _EPS, theta=params["theta"], zi_logits=params["zi_logits"]
-        ).sample()
+        # the zero inflation is technical (scVI's normalised expression leaves it out)
+        return torch.exp(params["log_rate"])
 
 
 class PoissonHead(_SoftmaxRateHead):
     """Poisson with rate ``library * softmax``."""
 
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        rate = params["rate"] + _EPS
-        return x * torch.log(rate) - rate
+        return x * params["log_rate"] - torch.exp(params["log_rate"])
 
     def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        rate = params["rate"] + _EPS
         rows, cols = x.nonzero(as_tuple=True)
         counts = x[rows, cols]
-        at_counts = counts * torch.log(rate[..., rows, cols]) - torch.lgamma(counts + 1)
-        return (-rate.sum(dim=-1)).index_add(-1, rows, at_counts)
+        at_counts = counts * params["log_rate"][..., rows, cols] - torch.lgamma(counts + 1)
+        return (-torch.exp(params["log_rate"]).sum(dim=-1)).index_add(-1, rows, at_counts)
 
     def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
         return -torch.lgamma(x + 1)
 
     def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.poisson(params["rate"])
+        return torch.poisson(torch.exp(params["log_rate"]))
 
 
 class BernoulliHead(LikelihoodHead):
@@ -309,8 +312,9 @@ class BernoulliHead(LikelihoodHead):
         return torch.sigmoid(self.depth_encoder(self.encoder_input(x)))
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
-        log_p = F.logsigmoid(self.logits(hidden)) + torch.log(library + _EPS) + F.logsigmoid(self.region_logits)
-        return {"log_p": torch.clamp(log_p, max=_MAX_LOG_P)}
+        # both sigmoid factors are <= 1, so bounding the per-cell depth keeps p below 1 (log(1 - p) finite)
+        log_depth = torch.clamp(torch.log(library + _EPS), max=_MAX_LOG_P)
+        return {"log_p": F.logsigmoid(self.logits(hidden)) + log_depth + F.logsigmoid(self.region_logits)}
 
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         log_p = params["log_p"]

@@ -85,9 +85,16 @@ def no_pull_on_update() -> Iterator[None]:
         md.set_options(**previous)
 
 
+#: FutureWarnings one dependency raises about another, which a user of spvi cannot act on: mudata's on
+#: ``MuData.mod_names`` (scvi-tools 1.4 calls it when loading a model) and torch 2.13's on ``LeafSpec`` (Lightning
+#: 2.x builds one in every training run).
+DEPENDENCY_DEPRECATIONS = ("The method mod_names is deprecated", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 @contextmanager
-def without_mod_names_deprecation() -> Iterator[None]:
-    """Hide mudata's FutureWarning on ``MuData.mod_names``, which scvi-tools 1.4 uses when loading a model."""
+def without_dependency_deprecations() -> Iterator[None]:
+    """Hide :data:`DEPENDENCY_DEPRECATIONS` within the context (the user's warning filters are restored on exit)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The method mod_names is deprecated", category=FutureWarning)
+        for message in DEPENDENCY_DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
         yield

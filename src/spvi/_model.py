@@ -47,7 +47,7 @@ from spvi._logging import (
     SCVI_SETUP_LINES,
     no_pull_on_update,
     quiet_lines,
-    without_mod_names_deprecation,
+    without_dependency_deprecations,
 )
 from spvi._module import SPVAE
 from spvi._objectives import OBJECTIVES
@@ -518,7 +518,7 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
         # module in eval mode: a second call to train, or training a loaded or query model, would otherwise run in
         # eval mode (no dropout, no running depth median, validation-only diagnostics on every step)
         self.module.train()
-        with quiet_lines(LIGHTNING_BANNERS):
+        with quiet_lines(LIGHTNING_BANNERS), without_dependency_deprecations():
             return super().train(
                 max_epochs=max_epochs,
                 batch_size=batch_size,
@@ -850,5 +850,5 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
             )
         if mdata is None and not os.path.exists(os.path.join(dir_path, "mdata.h5mu")):
             raise ValueError(f"{dir_path} holds no saved MuData (save_mudata=False): pass the MuData to SPVI.load")
-        with quiet_lines(SCVI_LOAD_LINES), without_mod_names_deprecation(), no_pull_on_update():
+        with quiet_lines(SCVI_LOAD_LINES), without_dependency_deprecations(), no_pull_on_update():
             return super().load(dir_path, adata=mdata, accelerator=accelerator, device=device)

@@ -23,7 +23,65 @@ class SPVITrainingPlan(TrainingPlan):
 
     ``optimizer="Adam"`` and ``"AdamW"`` use PyTorch's fused implementation (CPU and GPU); a
     ``optimizer="Custom"`` with an ``optimizer_creator`` in ``plan_kwargs`` is used as given.
+
+    Training metrics are logged per epoch (scvi-tools' default ``on_step=False, on_epoch=True``) with the same
+    names and values as scvi-tools logs them, but accumulated in the training step and handed to Lightning once
+    per epoch: Lightning's per-call logging machinery cost about 8% of a training step on a CPU. With
+    ``on_step=True`` the plan logs as scvi-tools does.
     """
+
+    def on_train_epoch_start(self) -> None:
+        """Reset the sums of the per-epoch training metrics."""
+        self._epoch_sums: dict[str, torch.Tensor] = {}
+        self._epoch_weights: dict[str, torch.Tensor] = {}
+
+    def _accumulate(self, name: str, value: torch.Tensor, weight: float) -> None:
+        value = value.detach()
+        self._epoch_sums[name] = self._epoch_sums.get(name, 0.0) + value * weight
+        self._epoch_weights[name] = self._epoch_weights.get(name, 0.0) + weight
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One training step; as :meth:`scvi.train.TrainingPlan.training_step`, with per-epoch metrics accumulated."""
+        if self.on_step or not self.on_epoch:
+            return super().training_step(batch, batch_idx)
+        if "kl_weight" in self.loss_kwargs:
+            kl_weight = self.kl_weight
+            self.loss_kwargs.update({"kl_weight": kl_weight})
+            self.log("kl_weight", kl_weight, on_step=True, on_epoch=False)
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        with torch.no_grad():
+            n_obs = loss_output.n_obs_minibatch
+            # Lightning weights an epoch mean by the batch size it infers from the batch: the number of rows
+            self._accumulate("train_loss", loss_output.loss, len(next(iter(batch.values()))))
+            self.train_metrics["elbo_train"].update(
+                reconstruction_loss=loss_output.reconstruction_loss_sum,
+                kl_local=loss_output.kl_local_sum,
+                kl_global=loss_output.kl_global_sum,
+                n_obs_minibatch=n_obs,
+            )
+            for key in loss_output.extra_metrics_keys:
+                metric = loss_output.extra_metrics[key]
+                if not isinstance(metric, torch.Tensor) or metric.shape == torch.Size([]):
+                    self._accumulate(f"{key}_train", torch.as_tensor(metric), n_obs)
+        return loss_output.loss
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's training metrics (global means under a distributed strategy)."""
+        if self.on_step or not self.on_epoch or not getattr(self, "_epoch_sums", None):
+            return
+        strategy = self.trainer.strategy
+        values = {
+            name: strategy.reduce(total, reduce_op="sum")
+            / strategy.reduce(torch.as_tensor(self._epoch_weights[name], device=total.device), reduce_op="sum")
+            for name, total in self._epoch_sums.items()
+        }
+        self.log("train_loss", values.pop("train_loss"), on_step=False, on_epoch=True, prog_bar=True)
+        # torchmetrics syncs the sums across processes; all computed before any reset (the ELBO is the sum of the
+        # others, and resetting it resets them)
+        values.update({name: metric.compute() for name, metric in self.train_metrics.items()})
+        for metric in self.train_metrics.values():
+            metric.reset()
+        self.log_dict(values, on_step=False, on_epoch=True)
 
     def _optimizer_creator_fn(self, optimizer_cls: type[torch.optim.Optimizer]):
         """Adam or AdamW as in scvi-tools, in PyTorch's fused implementation (the same update in fewer kernels)."""
