@@ -41,6 +41,9 @@ Per targeting guide with target gene ``t``:
   logistic regression (fit on training cells of that guide and the controls) on ``z_shared`` encoded from RNA only;
   ``auc_target`` the same on the observed log-normalised target gene alone (the single-gene reference). Only for
   spvi rows;
+- ``code_distance``: how far the guide expert puts the guide from the controls: the distance between the mean
+  ``z_shared`` (guide expert's posterior means) of the guide's held-out cells and of the control cells, in units of
+  the posterior sd (root of the mean posterior variance over the guide's cells and dimensions);
 - ``kl_shared_guide``: mean over held-out cells of ``KL(q(z_shared | guide) || N(0, I))`` (nats): 0 when the guide
   expert's ``z_shared`` has collapsed to the prior.
 
@@ -51,8 +54,9 @@ Usage::
     python benchmarks/perturbation.py --smoke --output /tmp/perturbation.csv
 
 Variants for the ablations (``--cross-modal-private``, ``--no-marginal-dispersion``, ``--alignment-weight``,
-``--guide-likelihood``, ``--guide-input``, ``--max-kl-weight``, ``--downstream-size``) are named in the ``variant``
-column; rows are appended when ``--append``.
+``--guide-likelihood``, ``--guide-input``, ``--max-kl-weight``, ``--shared-kl-weight``, ``--downstream-size``) are
+named in the ``variant`` column; rows are appended when ``--append``. ``--eval-epochs`` evaluates the same run
+after fewer epochs too (a variant each).
 Writes ``<output>`` (one row per method, setting, seed and targeting guide) and ``<output stem>_summary.md``.
 """
 
@@ -193,6 +197,19 @@ def separation_auc(mdata: md.MuData, train: np.ndarray, test: np.ndarray, z_trai
     return auc
 
 
+def code_distance(mdata: md.MuData, test: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> dict[str, float]:
+    """Per targeting guide: Euclidean distance between the average guide-expert ``z_shared`` mean of its held-out
+    cells and that of the controls, in posterior sds (root of the guide's cells' mean posterior variance)."""
+    guide_of_cell = mdata.obs["guide"].to_numpy()[test]
+    guides = mdata["guide"].var
+    control = mean[np.isin(guide_of_cell, guides.index[~guides["is_targeting"]])].mean(axis=0)
+    distance = {}
+    for guide in guides.index[guides["is_targeting"]]:
+        cells = guide_of_cell == guide
+        distance[guide] = float(np.linalg.norm(mean[cells].mean(axis=0) - control) / np.sqrt(variance[cells].mean()))
+    return distance
+
+
 def guide_expert_kl(model: spvi.SPVI, mdata: md.MuData) -> float:
     """Mean over cells of KL(q_guide(z_shared) || N(0, I)): how much the guide expert's ``z_shared`` says (0: the
     prior for every cell, i.e. posterior collapse)."""
@@ -248,6 +265,7 @@ def run_spvi(
         cross_modal_private=args.cross_modal_private,
         marginal_dispersion=not args.no_marginal_dispersion,
         alignment_weight=args.alignment_weight,
+        shared_kl_weight=args.shared_kl_weight,
     )
     observed = normalised(mdata["rna"].X[test].astype(np.float64))
     log_expression = np.log1p(normalised(mdata["rna"].X.astype(np.float64)))
@@ -261,8 +279,12 @@ def run_spvi(
         z_rna_test = model.get_latent_representation(test_data, modality="rna")
         auc_rna = separation_auc(mdata, train, test, z_rna_train, z_rna_test)
         kl_guide = guide_expert_kl(model, test_data)
+        distance = code_distance(
+            mdata, test, *model.get_latent_representation(test_data, modality="guide", return_dist=True)
+        )
         for row in rows:
             row["kl_shared_guide"] = kl_guide
+            row["code_distance"] = distance[row["guide"]]
             target = mdata["rna"].var_names.get_loc(row["target"])
             gene = log_expression[:, [target]]
             row["auc_rna"] = auc_rna[row["guide"]]
@@ -314,6 +336,8 @@ def variant_name(args, epochs: int) -> str:
         parts.append(f"guide input {args.guide_input}")
     if args.max_kl_weight != 1.0:
         parts.append(f"max_kl_weight={args.max_kl_weight:g}")
+    if args.shared_kl_weight != 1.0:
+        parts.append(f"shared_kl_weight={args.shared_kl_weight:g}")
     if args.downstream_size != 10:
         parts.append(f"downstream_size={args.downstream_size}")
     if epochs != DEFAULT_EPOCHS:
@@ -405,6 +429,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--guide-likelihood", default="nb", choices=["nb", "poisson", "bernoulli", "nbmixture"])
     parser.add_argument("--guide-input", default="counts", choices=["counts", "binary"])
     parser.add_argument("--max-kl-weight", type=float, default=1.0)
+    parser.add_argument("--shared-kl-weight", type=float, default=1.0)
     parser.add_argument("--downstream-size", type=int, default=10)
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--append", action="store_true", help="append to --output instead of overwriting it")
