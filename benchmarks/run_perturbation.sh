@@ -6,7 +6,8 @@
 #   2 programmes at 2 log units; 3 seeds.
 # "ablations": MMVAE++ (and MMVAE) with one model option or the training length changed, 10 programmes.
 # "convergence": MMVAE++ and MMVAE with alignment_weight=0 and max_kl_weight=0.1, 400 epochs evaluated after 100,
-#   200, 300 and 400 epochs of the same run, 10 programmes, 3 seeds; recovery also against the noise-free truth.
+#   200, 300 and 400 epochs of the same run, 10 programmes, 3 seeds; recovery also against the noise-free truth;
+#   then the same with the KL weight 0.1 on z_shared only (shared_kl_weight=0.1, max_kl_weight=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -39,4 +40,7 @@ fi
 if [ "$WHAT" = convergence ] || [ "$WHAT" = all ]; then
   $PY benchmarks/perturbation.py --programmes 10 --effects 1 2 --objectives mmvae++ mmvae --alignment-weight 0 \
     --max-kl-weight 0.1 --epochs 400 --eval-epochs 100 200 300 --output $R/perturbation_convergence.csv
+  $PY benchmarks/perturbation.py --programmes 10 --effects 1 2 --objectives mmvae++ mmvae --alignment-weight 0 \
+    --shared-kl-weight 0.1 --epochs 400 --eval-epochs 100 200 300 --no-baselines --append \
+    --output $R/perturbation_convergence.csv
 fi
