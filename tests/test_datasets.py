@@ -187,6 +187,17 @@ def test_synthetic_perturbation_layout(screen):
     assert ((effects != 0).sum(axis=0).to_numpy() == [0, 0] + [11] * 6).all()
     shares = screen.uns["synthetic_perturbation"]["variance_share"]
     assert shares["programmes"] > 0.5 > shares["perturbations"]
+    # the stored truth rebuilds the noise-free log expression: its parts give the stored variance shares
+    rna = screen["rna"]
+    parts = {
+        "programmes": screen.obsm["programme_activity"] @ rna.varm["programme_loading"].to_numpy().T,
+        "perturbations": effects.to_numpy().T[screen.obs["guide"].cat.codes.to_numpy()],
+        "replicates": rna.varm["replicate_shift"][screen.obs["replicate"].to_numpy()].to_numpy().T,
+    }
+    assert list(rna.varm["replicate_shift"].columns) == ["rep0", "rep1"]
+    eta = rna.var["baseline"].to_numpy() + sum(parts.values())
+    for name, part in parts.items():
+        assert part.var(axis=0).sum() / eta.var(axis=0).sum() == pytest.approx(shares[name], rel=1e-9)
 
 
 def test_synthetic_perturbation_knock_down_measured(screen):

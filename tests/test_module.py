@@ -161,6 +161,34 @@ def test_product_of_experts_matches_closed_form():
     assert only_first.loc.item() == pytest.approx((1.0 / 0.25) / (1 + 4))
 
 
+@pytest.mark.parametrize("objective", ["mmvae++", "mopoe", "mvae"])
+def test_shared_kl_weight_scales_only_the_shared_kl_of_the_training_loss(objective):
+    module = _module(objective)
+    presence = torch.ones(N_OBS, 2)
+    presence[:5, 1] = 0
+    tensors = _tensors(module, presence)
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    generative_outputs = module.generative(**module._get_generative_input(tensors, inference_outputs))
+    default = module.loss(tensors, inference_outputs, generative_outputs, kl_weight=0.5)
+    # the default is the loss of the whole KL at the KL weight, bit for bit
+    reconstruction = module.reconstruction_per_term(tensors, inference_outputs["presence"], generative_outputs)
+    kl_shared, kl_private = generative_outputs["kl_shared"], generative_outputs["kl_private"]
+    valid = generative_outputs["valid"].float()
+    weights = valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0) if module.objective.mixture else valid
+    elbo_loss = (weights * (sum(reconstruction) + 0.5 * (kl_shared + kl_private))).sum(dim=1).mean()
+    alignment = module.alignment_penalty(inference_outputs["qz_shared"], inference_outputs["presence"]).mean()
+    assert torch.equal(default.loss, elbo_loss + module.alignment_weight * alignment)
+    # a weight of 0.25 takes 0.75 of the weighted shared KL off the loss and leaves the reported KL alone
+    module.shared_kl_weight = 0.25
+    weighted = module.loss(tensors, inference_outputs, generative_outputs, kl_weight=0.5)
+    shared_part = (weights * kl_shared).sum(dim=1).mean()
+    assert shared_part > 0.01
+    torch.testing.assert_close(weighted.loss, default.loss - 0.5 * 0.75 * shared_part)
+    assert torch.equal(weighted.kl_local["kl"], default.kl_local["kl"])
+    with pytest.raises(ValueError, match="shared_kl_weight must be >= 0, got -1"):
+        _module(objective, shared_kl_weight=-1.0)
+
+
 @pytest.mark.parametrize("objective", ["mmvae++", "mmvae", "mopoe", "mvae"])
 def test_missing_modality_contributes_nothing(objective):
     """A cell without modality 1 gets the same loss whatever zeros/garbage stand in its padded row."""

@@ -19,7 +19,7 @@ from spvi._module import SPVAE, _standard_normal_kl
 N_OBS = 24
 
 
-def _three_modality_module(objective: str) -> tuple[SPVAE, dict[str, torch.Tensor]]:
+def _three_modality_module(objective: str, shared_kl_weight: float = 1.0) -> tuple[SPVAE, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     likelihoods = ["gaussian", "nb", "bernoulli"]
     module = SPVAE(
@@ -31,6 +31,7 @@ def _three_modality_module(objective: str) -> tuple[SPVAE, dict[str, torch.Tenso
         objective=objective,
         n_hidden=8,
         n_batch=2,
+        shared_kl_weight=shared_kl_weight,
     )
     generator = torch.Generator().manual_seed(1)
     gaussian = torch.randn(N_OBS, 5, generator=generator)
@@ -61,7 +62,7 @@ def _naive_loss(module: SPVAE, tensors: dict[str, torch.Tensor], kl_weight: floa
         experts = module._term_experts(term, presence)
         posterior = module._term_posterior(term, qz_shared, experts)
         z_shared = posterior.rsample()
-        term_loss = _standard_normal_kl(posterior) + (kl_private * experts).sum(dim=1)
+        term_loss = module.shared_kl_weight * _standard_normal_kl(posterior) + (kl_private * experts).sum(dim=1)
         term_loss = kl_weight * term_loss
         targets = range(module.n_modalities) if term.targets is None else term.targets
         for m in targets:
@@ -96,9 +97,10 @@ def _naive_alignment(qz_shared, presence: torch.Tensor) -> torch.Tensor:
     return penalty.mean()
 
 
+@pytest.mark.parametrize("shared_kl_weight", [1.0, 0.2])
 @pytest.mark.parametrize("objective", spvi.OBJECTIVES)
-def test_batched_objective_equals_naive_loss_and_gradients(objective):
-    module, tensors = _three_modality_module(objective)
+def test_batched_objective_equals_naive_loss_and_gradients(objective, shared_kl_weight):
+    module, tensors = _three_modality_module(objective, shared_kl_weight)
     parameters = [p for p in module.parameters() if p.requires_grad]
 
     torch.manual_seed(5)

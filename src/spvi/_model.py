@@ -121,6 +121,11 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
         several modalities (symmetric KL, MULTIVI's ``modality_penalty="Jeffreys"``), so that cells measured in
         one modality land among the paired cells of their kind. It only acts on the shared encoder heads and
         rewards what all modalities can tell, so it keeps MMVAE++'s stop-gradient purpose; 0 switches it off.
+    shared_kl_weight
+        Factor on the KL divergence of ``z_shared`` in the training loss (on top of the KL warm-up's weight); the
+        private blocks keep factor 1. Below 1 it lets ``z_shared`` carry more information than the ELBO pays for
+        without also loosening the private blocks (as a smaller ``max_kl_weight`` in :meth:`train` does). 1 (the
+        default) trains on the ELBO; :meth:`get_elbo` and the reported KL are always the ELBO's.
 
     Examples
     --------
@@ -155,6 +160,7 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
         cross_modal_private: str = "zero",
         encode_covariates: bool = False,
         alignment_weight: float = 1.0,
+        shared_kl_weight: float = 1.0,
     ):
         super().__init__(self._registered_mudata(mdata))
         self.mdata = mdata
@@ -197,6 +203,7 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
             cross_modal_private=cross_modal_private,
             encode_covariates=encode_covariates,
             alignment_weight=alignment_weight,
+            shared_kl_weight=shared_kl_weight,
         )
         self._set_gaussian_feature_statistics()
         self._model_summary_string = (

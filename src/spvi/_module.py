@@ -102,6 +102,10 @@ class SPVAE(BaseModuleClass):
         penalty), added to the loss. It makes the experts agree, so that a cell measured in one modality lands
         where the paired cells of its kind are. It acts on the shared heads only and rewards what both
         modalities can tell, so it does not undo MMVAE++'s stop-gradient. 0 switches it off.
+    shared_kl_weight
+        Factor on the KL divergence of ``z_shared`` (each term's joint posterior against the prior) in the training
+        loss, on top of the KL weight; the private blocks' KL keeps factor 1. 1 (the default) is the ELBO, which
+        the reported KL (``kl_local``) and :meth:`~spvi.SPVI.get_elbo` always use.
     """
 
     def __init__(
@@ -125,11 +129,15 @@ class SPVAE(BaseModuleClass):
         cross_modal_private: str = "zero",
         encode_covariates: bool = False,
         alignment_weight: float = 1.0,
+        shared_kl_weight: float = 1.0,
     ):
         super().__init__()
         if alignment_weight < 0:
             raise ValueError(f"alignment_weight must be >= 0, got {alignment_weight!r}")
         self.alignment_weight = alignment_weight
+        if not shared_kl_weight >= 0:
+            raise ValueError(f"shared_kl_weight must be >= 0, got {shared_kl_weight!r}")
+        self.shared_kl_weight = shared_kl_weight
         if cross_modal_private not in CROSS_MODAL_PRIVATE:
             raise ValueError(f"cross_modal_private must be one of {CROSS_MODAL_PRIVATE}, got {cross_modal_private!r}")
         self.cross_modal_private = cross_modal_private
@@ -320,7 +328,8 @@ class SPVAE(BaseModuleClass):
         """Sample each term's latent and decode its targets; each decoder runs once on all its terms.
 
         Returns the likelihood parameters per target (terms stacked along the first axis), the order of
-        the stacked terms, and per term its validity, KL and shared sample.
+        the stacked terms, and per term its validity, the KL of its ``z_shared`` and of its private blocks, and its
+        shared sample.
         """
         z_private = [q.rsample() for q in qz_private]
         kl_private = torch.stack([_standard_normal_kl(q) for q in qz_private], dim=1)  # (n, M)
@@ -328,14 +337,15 @@ class SPVAE(BaseModuleClass):
         decoder_inputs: list[list[torch.Tensor]] = [[] for _ in range(self.n_modalities)]
         marginal: list[list[torch.Tensor]] = [[] for _ in range(self.n_modalities)]
         stacked_terms: list[list[int]] = [[] for _ in range(self.n_modalities)]
-        valid, kl, z_shared_samples = [], [], []
+        valid, kl_shared, kl_private_blocks, z_shared_samples = [], [], [], []
         for t, term in enumerate(self.objective.terms):
             experts = self._term_experts(term, presence)
             posterior = self._term_posterior(term, qz_shared, experts)
             z_shared = posterior.rsample()
             z_shared_samples.append(z_shared)
             valid.append(self._term_is_valid(term, presence))
-            kl.append(_standard_normal_kl(posterior) + (kl_private * experts).sum(dim=1))
+            kl_shared.append(_standard_normal_kl(posterior))
+            kl_private_blocks.append((kl_private * experts).sum(dim=1))
             targets = range(self.n_modalities) if term.targets is None else term.targets
             for m in targets:
                 own_modality = experts[:, m : m + 1]
@@ -367,7 +377,8 @@ class SPVAE(BaseModuleClass):
             "params": params,
             "stacked_terms": stacked_terms,
             "valid": torch.stack(valid, dim=1),  # (n, T)
-            "kl": torch.stack(kl, dim=1),  # (n, T)
+            "kl_shared": torch.stack(kl_shared, dim=1),  # (n, T)
+            "kl_private": torch.stack(kl_private_blocks, dim=1),  # (n, T)
             "z_shared": z_shared_samples,
         }
 
@@ -380,11 +391,12 @@ class SPVAE(BaseModuleClass):
         kl_weight: float = 1.0,
     ) -> LossOutput:
         """Negative ELBO of the objective (plus the weighted label cross-entropy), averaged over cells."""
-        valid = generative_outputs["valid"].to(generative_outputs["kl"].dtype)
+        kl_shared, kl_private = generative_outputs["kl_shared"], generative_outputs["kl_private"]
+        valid = generative_outputs["valid"].to(kl_shared.dtype)
         weights = valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0) if self.objective.mixture else valid
         reconstruction = self.reconstruction_per_term(tensors, inference_outputs["presence"], generative_outputs)
-        kl = generative_outputs["kl"]
-        term_loss = sum(reconstruction) + kl_weight * kl
+        kl = kl_shared + kl_private
+        term_loss = sum(reconstruction) + kl_weight * (self.shared_kl_weight * kl_shared + kl_private)
         extra_metrics = {}
         if self.classifier is not None:
             label_loss = self._label_loss(tensors[REGISTRY_KEYS.LABELS_KEY], generative_outputs["z_shared"])

@@ -160,8 +160,10 @@ def synthetic_perturbation(
     (where those programmes exist), ``obsm["programme_activity"]`` (cells x programmes); ``mdata["guide"].var``
     has ``"target"``, ``"effect"`` and ``"is_targeting"``; ``mdata["rna"].var`` has ``"baseline"``, ``"theta"``,
     ``"is_target"`` and ``"is_downstream"``, ``mdata["rna"].varm["programme_loading"]`` (genes x programmes)
-    and ``mdata["rna"].varm["perturbation_effect"]`` (genes x guides: the log-fold change each guide causes,
-    target and downstream). The arguments and the share of the variance of the noise-free log expression
+    ``mdata["rna"].varm["perturbation_effect"]`` (genes x guides: the log-fold change each guide causes,
+    target and downstream) and ``mdata["rna"].varm["replicate_shift"]`` (genes x replicates), so that the
+    noise-free log expression of every cell is ``baseline + replicate_shift[:, replicate] + programme_loading @
+    programme_activity + perturbation_effect[:, guide]``. The arguments and the share of the variance of the noise-free log expression
     ``eta`` explained by the programmes, the perturbations and the replicates are in
     ``uns["synthetic_perturbation"]``.
 
@@ -272,6 +274,9 @@ def synthetic_perturbation(
     programme_names = [f"programme_{k}" for k in range(n_private_programmes)]
     rna_adata.varm["programme_loading"] = pd.DataFrame(loading, index=gene_names, columns=programme_names)
     rna_adata.varm["perturbation_effect"] = pd.DataFrame(perturbation, index=gene_names, columns=guide_names)
+    rna_adata.varm["replicate_shift"] = pd.DataFrame(
+        replicate_shift.T, index=gene_names, columns=obs["replicate"].cat.categories
+    )
     guide_var = pd.DataFrame(
         {
             "target": target_names,
