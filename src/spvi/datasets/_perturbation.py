@@ -159,12 +159,12 @@ def synthetic_perturbation(
     target gene, ``"non-targeting"`` for controls), ``"replicate"``, ``"cell_state"`` and ``"cell_cycle_phase"``
     (where those programmes exist), ``obsm["programme_activity"]`` (cells x programmes); ``mdata["guide"].var``
     has ``"target"``, ``"effect"`` and ``"is_targeting"``; ``mdata["rna"].var`` has ``"baseline"``, ``"theta"``,
-    ``"is_target"`` and ``"is_downstream"``, ``mdata["rna"].varm["programme_loading"]`` (genes x programmes)
+    ``"is_target"`` and ``"is_downstream"``, ``mdata["rna"].varm["programme_loading"]`` (genes x programmes),
     ``mdata["rna"].varm["perturbation_effect"]`` (genes x guides: the log-fold change each guide causes,
     target and downstream) and ``mdata["rna"].varm["replicate_shift"]`` (genes x replicates), so that the
     noise-free log expression of every cell is ``baseline + replicate_shift[:, replicate] + programme_loading @
-    programme_activity + perturbation_effect[:, guide]``. The arguments and the share of the variance of the noise-free log expression
-    ``eta`` explained by the programmes, the perturbations and the replicates are in
+    programme_activity + perturbation_effect[:, guide]``. The arguments and the share of the variance of the
+    noise-free log expression ``eta`` explained by the programmes, the perturbations and the replicates are in
     ``uns["synthetic_perturbation"]``.
 
     Examples
