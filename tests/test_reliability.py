@@ -2,6 +2,7 @@
 
 import warnings
 
+import anndata as ad
 import mudata as md
 import numpy as np
 import pytest
@@ -142,3 +143,36 @@ def test_cells_with_zero_counts_keep_the_loss_finite(multiome):
     model.train(max_epochs=2, **TRAIN_KWARGS)
     assert np.isfinite(model.history["elbo_train"]["elbo_train"].to_numpy(dtype=float)).all()
     assert np.isfinite(model.predict(source="atac", target="rna", return_numpy=True)).all()
+
+
+def _two_gaussian_modalities(shared_signal: float, n_cells: int = 200, seed: int = 0) -> md.MuData:
+    """Two Gaussian modalities of 30 features: a 2-d shared factor times ``shared_signal`` plus unit noise."""
+    rng = np.random.default_rng(seed)
+    factor = rng.normal(size=(n_cells, 2))
+    modalities = {}
+    for name in ("x", "y"):
+        values = shared_signal * factor @ rng.normal(size=(2, 30)) + rng.normal(size=(n_cells, 30))
+        modalities[name] = ad.AnnData(values.astype(np.float32))
+        modalities[name].obs_names = [f"cell{i}" for i in range(n_cells)]
+    return md.MuData(modalities)
+
+
+@pytest.mark.parametrize("shared_signal", [0.0, 1.0])
+def test_warns_when_a_modality_leaves_z_shared_at_the_prior(shared_signal):
+    """Independent modalities: z_shared collapses to the prior (KL ~0.02 nats) and train says so; shared signal: no
+    warning."""
+    mdata = _two_gaussian_modalities(shared_signal)
+    spvi.SPVI.setup_mudata(mdata, likelihoods={"x": "gaussian", "y": "gaussian"})
+    scvi.settings.seed = 0
+    model = spvi.SPVI(mdata, n_shared=3, n_private=2, n_hidden=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=200, **TRAIN_KWARGS)
+    collapse = [str(w.message) for w in caught if "z_shared is at its prior" in str(w.message)]
+    if shared_signal == 0.0:
+        assert len(collapse) == 1
+        assert "'x' (mean KL 0.0" in collapse[0]
+        assert "'y' (mean KL 0.0" in collapse[0]
+        assert caught[[str(w.message) for w in caught].index(collapse[0])].filename == __file__
+    else:
+        assert collapse == []

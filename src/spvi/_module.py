@@ -311,6 +311,11 @@ class SPVAE(BaseModuleClass):
         second_moment = (weights * (variances + means.square())).sum(dim=0) / count
         return mean, (second_moment - mean.square()).clamp_min(0.0)
 
+    @staticmethod
+    def shared_expert_kl(qz_shared: list[Normal]) -> torch.Tensor:
+        """``(n, M)``: KL(q_m(z_shared | x_m) || N(0, I)) of each modality's encoder, summed over dimensions."""
+        return torch.stack([_standard_normal_kl(q) for q in qz_shared], dim=1)
+
     def shared_posterior_mean(self, qz_shared: list[Normal], presence: torch.Tensor) -> torch.Tensor:
         """Mean of the joint posterior of ``z_shared`` given the modalities in ``presence`` (``NaN``: none)."""
         return self.shared_posterior_moments(qz_shared, presence)[0]
