@@ -77,7 +77,6 @@ from lightning.pytorch.callbacks import Callback
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
-from torch.distributions import Normal, kl_divergence
 
 import spvi
 
@@ -210,19 +209,6 @@ def code_distance(mdata: md.MuData, test: np.ndarray, mean: np.ndarray, variance
     return distance
 
 
-def guide_expert_kl(model: spvi.SPVI, mdata: md.MuData) -> float:
-    """Mean over cells of KL(q_guide(z_shared) || N(0, I)): how much the guide expert's ``z_shared`` says (0: the
-    prior for every cell, i.e. posterior collapse)."""
-    guide = model.modalities.index("guide")
-    kl = []
-    with torch.inference_mode():
-        for tensors in model._minibatches(mdata, None, None):
-            posterior = model.module.inference(**model.module._get_inference_input(tensors))["qz_shared"][guide]
-            prior = Normal(torch.zeros_like(posterior.loc), torch.ones_like(posterior.scale))
-            kl.append(kl_divergence(posterior, prior).sum(dim=1))
-    return float(torch.cat(kl).mean())
-
-
 class EvaluateAt(Callback):
     """Evaluate the model at the end of the given epochs (counted from 1) without changing the run.
 
@@ -278,7 +264,7 @@ def run_spvi(
         z_rna_train = model.get_latent_representation(train_data, modality="rna")
         z_rna_test = model.get_latent_representation(test_data, modality="rna")
         auc_rna = separation_auc(mdata, train, test, z_rna_train, z_rna_test)
-        kl_guide = guide_expert_kl(model, test_data)
+        kl_guide = model._mean_shared_kl(test_data)["guide"]
         distance = code_distance(
             mdata, test, *model.get_latent_representation(test_data, modality="guide", return_dist=True)
         )
@@ -398,8 +384,8 @@ def summarize(table: pd.DataFrame, path: Path) -> None:
         "pseudobulk log-fold change of the target gene against non-targeting controls; `vs truth`: predicted / "
         "noise-free log-fold change of the simulated population (`true_lfc`, see the script's docstring); the "
         "downstream programme likewise; AUC: held-out cells of a guide vs controls, logistic regression on "
-        "`z_shared` encoded from RNA alone, and on the target gene alone; `KL z_shared guide expert`: mean over held-out cells of "
-        "KL(q(z_shared | guide) || N(0, I)) in nats (0: the guide expert's `z_shared` is the prior for every cell). "
+        "`z_shared` encoded from RNA alone, and on the target gene alone; `KL z_shared guide expert`: mean over "
+        "held-out cells of KL(q(z_shared | guide) || N(0, I)) in nats (0: the guide expert's `z_shared` is the prior for every cell). "
         "`private share of var(eta)`: share of the variance of the simulated noise-free log expression explained by "
         "the private programmes.\n\n"
     )

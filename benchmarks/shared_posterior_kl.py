@@ -29,22 +29,9 @@ import scvi
 import torch
 
 import spvi
-from spvi._module import SPVAE
 
 sys.path.insert(0, str(Path(__file__).parent / "integration"))
 from loading import DATA_FILES, SHARED_DATA, load_cite, load_mop
-
-
-def mean_shared_kl(model: spvi.SPVI) -> dict[str, float]:
-    """Mean over the cells that have each modality of the KL of its encoder's ``z_shared`` from the prior (nats)."""
-    totals = {name: [] for name in model.modalities}
-    with torch.inference_mode():
-        for tensors in model._minibatches(None, None, 512):
-            inference_outputs = model.module.inference(**model.module._get_inference_input(tensors))
-            kl = SPVAE.shared_expert_kl(inference_outputs["qz_shared"])
-            for m, name in enumerate(model.modalities):
-                totals[name].append(kl[inference_outputs["presence"][:, m], m])
-    return {name: round(float(torch.cat(values).mean()), 3) for name, values in totals.items()}
 
 
 def fit(label: str, mdata: md.MuData, setup: dict, epochs: int, **model_kwargs) -> None:
@@ -53,7 +40,9 @@ def fit(label: str, mdata: md.MuData, setup: dict, epochs: int, **model_kwargs) 
     model = spvi.SPVI(mdata, **model_kwargs)
     start = time.perf_counter()
     model.train(max_epochs=epochs, enable_progress_bar=False)
-    print(f"{label}, {epochs} epochs: {mean_shared_kl(model)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    seconds = time.perf_counter() - start
+    mean_kl = {name: round(kl, 3) for name, kl in model._mean_shared_kl().items()}
+    print(f"{label}, {epochs} epochs: {mean_kl} ({seconds:.0f} s)", flush=True)
 
 
 def main(datasets: list[str]) -> None:

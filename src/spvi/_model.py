@@ -554,27 +554,15 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
     def _check_shared_posteriors(self) -> None:
         """Warn when a modality's encoder leaves ``z_shared`` at the prior for every cell (a silent bad fit).
 
-        Mean over (up to :data:`_COLLAPSE_CHECK_CELLS`) training cells that have the modality of
-        KL(q_m(z_shared | x_m) || N(0, I)); below :data:`_COLLAPSED_SHARED_KL` the modality contributes nothing to
-        ``z_shared``, and predictions from it are the same for every cell.
+        :meth:`_mean_shared_kl` over (up to :data:`_COLLAPSE_CHECK_CELLS`) training cells; below
+        :data:`_COLLAPSED_SHARED_KL` the modality contributes nothing to ``z_shared``, and predictions from it are
+        the same for every cell.
         """
         cells = np.arange(self.adata.n_obs) if self.train_indices is None else np.asarray(self.train_indices)
         if len(cells) > _COLLAPSE_CHECK_CELLS:
             cells = np.sort(np.random.default_rng(0).choice(cells, _COLLAPSE_CHECK_CELLS, replace=False))
-        kl_sum = torch.zeros(len(self.modalities), dtype=torch.float64)
-        n_cells = torch.zeros_like(kl_sum)
-        with torch.inference_mode():
-            for tensors in self._minibatches(None, cells, None):
-                inference_outputs = self.module.inference(**self.module._get_inference_input(tensors))
-                presence = inference_outputs["presence"].cpu()
-                kl = SPVAE.shared_expert_kl(inference_outputs["qz_shared"]).double().cpu()
-                kl_sum += torch.where(presence, kl, torch.zeros_like(kl)).sum(dim=0)
-                n_cells += presence.sum(dim=0)
-        mean_kl = (kl_sum / n_cells.clamp(min=1)).tolist()
         collapsed = [
-            (name, kl)
-            for name, kl, count in zip(self.modalities, mean_kl, n_cells.tolist(), strict=True)
-            if count > 0 and kl < _COLLAPSED_SHARED_KL
+            (name, kl) for name, kl in self._mean_shared_kl(indices=cells).items() if kl < _COLLAPSED_SHARED_KL
         ]
         if collapsed:
             names = ", ".join(f"{name!r} (mean KL {kl:.3f} nats)" for name, kl in collapsed)
@@ -585,6 +573,29 @@ class SPVI(QueryMixin, ExpressionMixin, VAEMixin, UnsupervisedTrainingMixin, Bas
                 "modalities do share a sparse, strong signal (e.g. guide counts of a CRISPR screen), "
                 "alignment_weight=0 and shared_kl_weight=0.1 were measured to help (settings guide, 'Guide counts')."
             )
+
+    def _mean_shared_kl(
+        self, mdata: MuData | None = None, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> dict[str, float]:
+        """Per modality, the mean over the cells that have it of KL(q_m(z_shared | x_m) || N(0, I)) in nats.
+
+        How much each modality's encoder puts into ``z_shared`` (0: the prior for every cell). Modalities no cell
+        has are left out.
+        """
+        kl_sum = torch.zeros(len(self.modalities), dtype=torch.float64)
+        n_cells = torch.zeros_like(kl_sum)
+        with torch.inference_mode():
+            for tensors in self._minibatches(mdata, indices, batch_size):
+                inference_outputs = self.module.inference(**self.module._get_inference_input(tensors))
+                presence = inference_outputs["presence"].cpu()
+                kl = SPVAE.shared_expert_kl(inference_outputs["qz_shared"]).double().cpu()
+                kl_sum += torch.where(presence, kl, torch.zeros_like(kl)).sum(dim=0)
+                n_cells += presence.sum(dim=0)
+        return {
+            name: total / count
+            for name, total, count in zip(self.modalities, kl_sum.tolist(), n_cells.tolist(), strict=True)
+            if count > 0
+        }
 
     # ------------------------------------------------------------------ inference helpers
     def _minibatches(
