@@ -36,6 +36,8 @@ from scvi.distributions import NegativeBinomial, NegativeBinomialMixture, ZeroIn
 from torch import nn
 from torch.nn import functional as F
 
+from spvi._likelihood_kernels import Nonzeros, bernoulli_with_depth, softmax_negative_binomial
+
 _EPS = 1e-8
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # Bounds that keep count parameters finite when the decoder is driven far from the data.
@@ -155,7 +157,11 @@ class LikelihoodHead(nn.Module):
 
 
 class _SoftmaxRateHead(LikelihoodHead):
-    """Shared part of NB, ZINB and Poisson: ``rate = library * softmax(W h + b)``, kept as ``log_rate``."""
+    """Shared part of NB, ZINB and Poisson: ``rate = library * softmax(W h + b)``.
+
+    The parameters are the ``logits`` ``W h + b`` and the bounded per-cell ``log_library``; :meth:`log_rate`
+    combines them.
+    """
 
     uses_library = True
 
@@ -164,17 +170,28 @@ class _SoftmaxRateHead(LikelihoodHead):
         self.scale_logits = nn.Linear(n_hidden, n_output)
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
-        log_scale = F.log_softmax(self.scale_logits(hidden), dim=-1)
-        # log_scale <= 0, so bounding the per-cell log library bounds every log rate (one value per row, not
+        # log_softmax <= 0, so bounding the per-cell log library bounds every log rate (one value per row, not
         # a bound per entry: cheaper, and the same wherever the rate is below the bound)
-        return {"log_rate": log_scale + torch.clamp(torch.log(library), max=_MAX_LOG_RATE)}
+        return {
+            "logits": self.scale_logits(hidden),
+            "log_library": torch.clamp(torch.log(library), max=_MAX_LOG_RATE),
+        }
+
+    @staticmethod
+    def log_rate(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logarithm of the rate (the mean of NB and Poisson), same shape as the logits."""
+        return F.log_softmax(params["logits"], dim=-1) + params["log_library"]
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.exp(params["log_rate"])
+        return torch.exp(self.log_rate(params))
 
 
 class NegativeBinomialHead(_SoftmaxRateHead):
-    """Negative binomial with per-feature inverse dispersion, as in scVI."""
+    """Negative binomial with per-feature inverse dispersion, as in scVI.
+
+    The parameters also hold ``marginal`` (per row: use the marginal dispersion); the per-feature inverse
+    dispersions are the head's own parameters.
+    """
 
     def __init__(self, n_hidden: int, n_output: int, marginal_dispersion: bool = True):
         super().__init__(n_hidden, n_output, marginal_dispersion)
@@ -182,52 +199,40 @@ class NegativeBinomialHead(_SoftmaxRateHead):
         self.log_theta_marginal = self._marginal_parameter(self.log_theta)
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
-        params = super().forward(hidden, library, marginal)
-        theta = _theta(self._stacked_dispersions())  # (2, features): conditional, marginal
-        params["theta"] = torch.where(marginal, theta[1], theta[0])
-        # sum over features of theta * log(theta), per row: computed on the two per-feature vectors
-        theta_log_theta = (theta * torch.log(theta)).sum(dim=1)
-        params["theta_log_theta"] = torch.where(marginal, theta_log_theta[1], theta_log_theta[0])
-        return params
+        return {**super().forward(hidden, library, marginal), "marginal": marginal}
 
-    def _stacked_dispersions(self) -> torch.Tensor:
+    def _theta_groups(self) -> torch.Tensor:
+        """``(2, features)``: the conditional and the marginal inverse dispersion."""
         marginal = self.log_theta if self.log_theta_marginal is None else self.log_theta_marginal
-        return torch.stack([self.log_theta, marginal])
+        return _theta(torch.stack([self.log_theta, marginal]))
 
-    @staticmethod
-    def _log_theta_plus_rate(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.log(params["theta"] + torch.exp(params["log_rate"]))
+    def theta(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Inverse dispersion of each entry of the parameters, same shape as the logits."""
+        theta_groups = self._theta_groups()
+        return torch.where(params["marginal"], theta_groups[1], theta_groups[0])
 
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         # log NB(x; mu, theta) as in scvi.distributions.NegativeBinomial, without -lgamma(x + 1)
-        theta, log_theta_mu = params["theta"], self._log_theta_plus_rate(params)
+        theta, log_rate = self.theta(params), self.log_rate(params)
+        log_theta_mu = torch.log(theta + torch.exp(log_rate))
         return (
             theta * (torch.log(theta) - log_theta_mu)
-            + x * (params["log_rate"] - log_theta_mu)
+            + x * (log_rate - log_theta_mu)
             + torch.lgamma(x + theta)
             - torch.lgamma(theta)
         )
 
     def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        # theta log(theta) - theta log(theta + mu) over all entries, and where x > 0 only:
-        # x (log(mu) - log(theta + mu)) + lgamma(x + theta) - lgamma(theta) - lgamma(x + 1), which vanish at x == 0
-        theta, log_theta_mu = params["theta"], self._log_theta_plus_rate(params)
-        dense = params["theta_log_theta"].squeeze(-1) - (theta * log_theta_mu).sum(dim=-1)
-        rows, cols = x.nonzero(as_tuple=True)
-        counts, theta_at_counts = x[rows, cols], theta[..., rows, cols]
-        at_counts = (
-            counts * (params["log_rate"][..., rows, cols] - log_theta_mu[..., rows, cols])
-            + torch.lgamma(counts + theta_at_counts)
-            - torch.lgamma(theta_at_counts)
-            - torch.lgamma(counts + 1)
+        # one pass of the softmax and the likelihood with closed-form gradients (see _likelihood_kernels)
+        return softmax_negative_binomial(
+            params["logits"], params["log_library"], self._theta_groups(), params["marginal"].long(), x
         )
-        return dense.index_add(-1, rows, at_counts)
 
     def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
         return -torch.lgamma(x + 1)
 
     def _distribution(self, params: dict[str, torch.Tensor]) -> NegativeBinomial:
-        return NegativeBinomial(mu=torch.exp(params["log_rate"]) + _EPS, theta=params["theta"])
+        return NegativeBinomial(mu=torch.exp(self.log_rate(params)) + _EPS, theta=self.theta(params))
 
     def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._distribution(params).sample()
@@ -247,7 +252,7 @@ class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
 
     def _distribution(self, params: dict[str, torch.Tensor]) -> ZeroInflatedNegativeBinomial:
         return ZeroInflatedNegativeBinomial(
-            mu=torch.exp(params["log_rate"]) + _EPS, theta=params["theta"], zi_logits=params["zi_logits"]
+            mu=torch.exp(self.log_rate(params)) + _EPS, theta=self.theta(params), zi_logits=params["zi_logits"]
         )
 
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -259,30 +264,36 @@ class ZeroInflatedNegativeBinomialHead(NegativeBinomialHead):
     log_likelihood = LikelihoodHead.log_likelihood  # the zero inflation gives zeros a parameter-dependent term
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.exp(params["log_rate"]) * torch.sigmoid(-params["zi_logits"])
+        return torch.exp(self.log_rate(params)) * torch.sigmoid(-params["zi_logits"])
 
     def denoised_mean(self, params: dict[str, torch.Tensor], include_background: bool = False) -> torch.Tensor:
         # the zero inflation is technical (scVI's normalised expression leaves it out)
-        return torch.exp(params["log_rate"])
+        return torch.exp(self.log_rate(params))
 
 
 class PoissonHead(_SoftmaxRateHead):
     """Poisson with rate ``library * softmax``."""
 
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return x * params["log_rate"] - torch.exp(params["log_rate"])
+        log_rate = self.log_rate(params)
+        return x * log_rate - torch.exp(log_rate)
 
     def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        rows, cols = x.nonzero(as_tuple=True)
-        counts = x[rows, cols]
-        at_counts = counts * params["log_rate"][..., rows, cols] - torch.lgamma(counts + 1)
-        return (-torch.exp(params["log_rate"]).sum(dim=-1)).index_add(-1, rows, at_counts)
+        # the rates of a row sum to its library, so -sum(rate) is -library; x log(rate) - lgamma(x + 1) where x > 0
+        logits = params["logits"].reshape(-1, params["logits"].shape[-1])
+        log_library = params["log_library"].reshape(-1)
+        nonzeros = Nonzeros(x, logits.shape[0] // x.shape[0])
+        log_normaliser = torch.logsumexp(logits, dim=1) - log_library
+        log_rate_at = logits.reshape(-1)[nonzeros.flat] - log_normaliser[nonzeros.rows]
+        at_counts = nonzeros.counts * log_rate_at - torch.lgamma(nonzeros.counts + 1)
+        log_lik = (-torch.exp(log_library)).index_add(0, nonzeros.rows, at_counts)
+        return log_lik.view(params["logits"].shape[:-1])
 
     def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
         return -torch.lgamma(x + 1)
 
     def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.poisson(torch.exp(params["log_rate"]))
+        return torch.poisson(self.expected_value(params))
 
 
 class BernoulliHead(LikelihoodHead):
@@ -313,26 +324,26 @@ class BernoulliHead(LikelihoodHead):
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         # both sigmoid factors are <= 1, so bounding the per-cell depth keeps p below 1 (log(1 - p) finite)
-        log_depth = torch.clamp(torch.log(library + _EPS), max=_MAX_LOG_P)
-        return {"log_p": F.logsigmoid(self.logits(hidden)) + log_depth + F.logsigmoid(self.region_logits)}
+        return {"logits": self.logits(hidden), "log_depth": torch.clamp(torch.log(library + _EPS), max=_MAX_LOG_P)}
+
+    def log_p(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logarithm of the probability that each feature is open, same shape as the logits."""
+        return F.logsigmoid(params["logits"]) + params["log_depth"] + F.logsigmoid(self.region_logits)
 
     def log_kernel(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        log_p = params["log_p"]
+        log_p = self.log_p(params)
         log_not_p = torch.log(-torch.expm1(log_p))
         return torch.where(x > 0, log_p, log_not_p)
 
     def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        # log(1 - p) summed over all peaks, plus log(p) - log(1 - p) at the open ones
-        log_p = params["log_p"]
-        log_not_p = torch.log(-torch.expm1(log_p))
-        rows, cols = (x > 0).nonzero(as_tuple=True)
-        return log_not_p.sum(dim=-1).index_add(-1, rows, log_p[..., rows, cols] - log_not_p[..., rows, cols])
+        # one pass with closed-form gradients (see _likelihood_kernels)
+        return bernoulli_with_depth(params["logits"], params["log_depth"], F.logsigmoid(self.region_logits), x)
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.exp(params["log_p"])
+        return torch.exp(self.log_p(params))
 
     def sample(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.bernoulli(torch.exp(params["log_p"]))
+        return torch.bernoulli(self.expected_value(params))
 
 
 class NegativeBinomialMixtureHead(LikelihoodHead):

@@ -1,0 +1,99 @@
+"""The hand-written gradients of the summed count log-likelihoods (spvi._likelihood_kernels)."""
+
+import pytest
+import torch
+from scvi.distributions import NegativeBinomial
+from torch.autograd import gradcheck
+from torch.distributions import Bernoulli
+
+from spvi._likelihood_kernels import _digamma_increment, bernoulli_with_depth, softmax_negative_binomial
+
+N_OBS, N_FEATURES, N_BLOCKS = 5, 7, 3
+
+
+def _counts(seed: int = 0) -> torch.Tensor:
+    """Counts with zeros, ones and larger values (the three cases of the kernels), float64."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.poisson(torch.full((N_OBS, N_FEATURES), 1.5, dtype=torch.float64), generator=generator)
+    counts[0, :3] = torch.tensor([0.0, 1.0, 40.0])
+    return counts
+
+
+def _nb_inputs(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N_BLOCKS, N_OBS, N_FEATURES, dtype=torch.float64, generator=generator)
+    log_library = torch.rand(N_BLOCKS, N_OBS, 1, dtype=torch.float64, generator=generator) * 3
+    theta_groups = torch.rand(2, N_FEATURES, dtype=torch.float64, generator=generator) * 5 + 0.1
+    group = torch.randint(0, 2, (N_BLOCKS, N_OBS, 1), generator=generator)
+    return logits.requires_grad_(), log_library.requires_grad_(), theta_groups.requires_grad_(), group
+
+
+def test_negative_binomial_equals_the_autograd_likelihood():
+    x = _counts()
+    logits, log_library, theta_groups, group = _nb_inputs()
+    log_lik = softmax_negative_binomial(logits, log_library, theta_groups, group, x)
+    mu = torch.exp(torch.log_softmax(logits, dim=-1) + log_library)
+    theta = torch.where(group.bool(), theta_groups[1], theta_groups[0])
+    expected = NegativeBinomial(mu=mu, theta=theta).log_prob(x).sum(-1)  # with eps = 1e-8 inside its logarithms
+    assert log_lik.shape == (N_BLOCKS, N_OBS)
+    torch.testing.assert_close(log_lik, expected, rtol=1e-6, atol=1e-5)
+    inputs = (logits, log_library, theta_groups)
+    gradients = torch.autograd.grad(log_lik.sum(), inputs)
+    for gradient, expected_gradient in zip(gradients, torch.autograd.grad(expected.sum(), inputs), strict=True):
+        torch.testing.assert_close(gradient, expected_gradient, rtol=1e-6, atol=1e-5)
+
+
+def test_negative_binomial_gradcheck():
+    x = _counts(1)
+    logits, log_library, theta_groups, group = _nb_inputs(1)
+    assert gradcheck(lambda *inputs: softmax_negative_binomial(*inputs, group, x), (logits, log_library, theta_groups))
+
+
+def _bernoulli_inputs(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N_BLOCKS, N_OBS, N_FEATURES, dtype=torch.float64, generator=generator)
+    log_depth = -torch.rand(N_BLOCKS, N_OBS, 1, dtype=torch.float64, generator=generator)
+    log_region = -torch.rand(N_FEATURES, dtype=torch.float64, generator=generator)
+    return logits.requires_grad_(), log_depth.requires_grad_(), log_region.requires_grad_()
+
+
+def test_bernoulli_equals_the_autograd_likelihood():
+    x = _counts()
+    logits, log_depth, log_region = _bernoulli_inputs()
+    log_lik = bernoulli_with_depth(logits, log_depth, log_region, x)
+    probs = torch.sigmoid(logits) * torch.exp(log_depth) * torch.exp(log_region)
+    expected = Bernoulli(probs=probs).log_prob((x > 0).to(probs.dtype)).sum(-1)
+    assert log_lik.shape == (N_BLOCKS, N_OBS)
+    torch.testing.assert_close(log_lik, expected)
+    inputs = (logits, log_depth, log_region)
+    gradients = torch.autograd.grad(log_lik.sum(), inputs)
+    for gradient, expected_gradient in zip(gradients, torch.autograd.grad(expected.sum(), inputs), strict=True):
+        torch.testing.assert_close(gradient, expected_gradient)
+
+
+def test_bernoulli_gradcheck():
+    x = _counts(2)
+    assert gradcheck(lambda *inputs: bernoulli_with_depth(*inputs, x), _bernoulli_inputs(2))
+
+
+@pytest.mark.parametrize("shape", [(N_OBS, N_FEATURES), (1, N_OBS, N_FEATURES), (2, 2, N_OBS, N_FEATURES)])
+def test_leading_axes_are_blocks_of_rows_against_the_same_data(shape):
+    x = _counts()
+    logits = torch.randn(shape, dtype=torch.float64)
+    log_depth = torch.full((*shape[:-1], 1), -0.5, dtype=torch.float64)
+    log_lik = bernoulli_with_depth(logits, log_depth, torch.zeros(N_FEATURES, dtype=torch.float64), x)
+    assert log_lik.shape == shape[:-1]
+    rows = logits.reshape(-1, N_OBS, N_FEATURES)
+    per_block = [
+        bernoulli_with_depth(block, log_depth.reshape(-1, N_OBS, 1)[0], torch.zeros(N_FEATURES), x) for block in rows
+    ]
+    torch.testing.assert_close(log_lik.reshape(-1, N_OBS), torch.stack(per_block))
+
+
+def test_digamma_increment_at_ones_and_larger_counts():
+    counts = torch.tensor([1.0, 1.0, 2.0, 7.0, 300.0], dtype=torch.float64)
+    theta_table = torch.tensor([0.01, 0.7, 3.0, 1e4], dtype=torch.float64)
+    table_index = torch.tensor([0, 3, 1, 2, 0])
+    theta = theta_table[table_index]
+    increment = _digamma_increment(counts, theta, torch.digamma(theta_table), table_index)
+    torch.testing.assert_close(increment, torch.digamma(counts + theta) - torch.digamma(theta))
