@@ -48,15 +48,13 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, log_library, theta_groups, group, nonzeros: Nonzeros):
-        n_groups = theta_groups.shape[0]
         row_max = logits.amax(dim=1, keepdim=True)
         rate = torch.sub(logits, row_max).exp_()
         normaliser = rate.sum(dim=1, keepdim=True)
         log_normaliser = torch.log(normaliser) + row_max - log_library  # log mu = logits - log_normaliser
         library = torch.exp(log_library)
         rate.mul_(library / normaliser)
-        theta = theta_groups.index_select(0, group)
-        theta_plus_rate = rate + theta
+        theta_plus_rate = theta_groups.index_select(0, group).add_(rate)
         log_theta_plus_rate = torch.log(theta_plus_rate)
         # sum_j theta log theta - theta log(theta + mu): the first per group, the second one read of the block
         theta_log_theta = (theta_groups * torch.log(theta_groups)).sum(dim=1)
@@ -67,6 +65,7 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
         rows, flat, counts = nonzeros.rows, nonzeros.flat, nonzeros.counts
         group_at = group.index_select(0, rows) * theta_groups.shape[1] + nonzeros.cols
         theta_at = theta_groups.reshape(-1).index_select(0, group_at)
+        theta_plus_rate_at = theta_plus_rate.reshape(-1).index_select(0, flat)
         log_rate_at = logits.reshape(-1).index_select(0, flat) - log_normaliser.reshape(-1).index_select(0, rows)
         at_counts = (
             counts * (log_rate_at - log_theta_plus_rate.reshape(-1).index_select(0, flat))
@@ -75,41 +74,54 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
             - torch.lgamma(counts + 1)
         )
         ctx.save_for_backward(
-            rate, library, theta, theta_plus_rate, log_theta_plus_rate, theta_groups, group, group_at, theta_at
+            rate,
+            library,
+            theta_plus_rate,
+            log_theta_plus_rate,
+            theta_groups,
+            group,
+            group_at,
+            theta_at,
+            theta_plus_rate_at,
         )
-        ctx.nonzeros, ctx.n_groups = nonzeros, n_groups
+        ctx.nonzeros, ctx.n_groups = nonzeros, theta_groups.shape[0]
         return dense.index_add(0, rows, at_counts)
 
     @staticmethod
     def backward(ctx, grad):
-        rate, library, theta, theta_plus_rate, log_theta_plus_rate, theta_groups, group, group_at, theta_at = (
-            ctx.saved_tensors
-        )
+        (
+            rate,
+            library,
+            theta_plus_rate,
+            log_theta_plus_rate,
+            theta_groups,
+            group,
+            group_at,
+            theta_at,
+            theta_plus_rate_at,
+        ) = ctx.saved_tensors
         nonzeros = ctx.nonzeros
-        flat, counts = nonzeros.flat, nonzeros.counts
+        counts = nonzeros.counts
         grad_rows = grad.unsqueeze(1)
-        # d/d log mu: -theta mu / (theta + mu) everywhere, plus x theta / (theta + mu) where x > 0
-        theta_fraction = theta / theta_plus_rate
-        grad_log_rate = (theta_fraction - 1.0).mul_(theta)
-        grad_log_rate.view(-1).index_add_(0, flat, counts * theta_fraction.reshape(-1).index_select(0, flat))
+        inverse = theta_plus_rate.reciprocal()
+        grad_theta_groups = None
+        if ctx.needs_input_grad[2]:
+            # d/d theta: log theta + 1 - log(theta + mu) - theta / (theta + mu), plus where x > 0
+            # -x / (theta + mu) + digamma(x + theta) - digamma(theta); theta is constant within a group's column
+            group_weights = (F.one_hot(group, ctx.n_groups).to(grad.dtype) * grad_rows).T  # (groups, rows)
+            grad_theta_groups = group_weights.sum(dim=1, keepdim=True) * (torch.log(theta_groups) + 1.0)
+            grad_theta_groups -= group_weights @ log_theta_plus_rate + theta_groups * (group_weights @ inverse)
+            at_counts = _digamma_increment(counts, theta_at, torch.digamma(theta_groups).view(-1), group_at)
+            at_counts = (at_counts - counts / theta_plus_rate_at) * grad.index_select(0, nonzeros.rows)
+            grad_theta_groups.view(-1).index_add_(0, group_at, at_counts)
+        # d/d log mu: -theta mu / (theta + mu) = -mu (1 - mu / (theta + mu)) everywhere, plus x theta / (theta + mu)
+        # where x > 0
+        grad_log_rate = inverse.mul_(rate).sub_(1.0).mul_(rate)
+        grad_log_rate.view(-1).index_add_(0, nonzeros.flat, counts * theta_at / theta_plus_rate_at)
         grad_log_rate.mul_(grad_rows)
         grad_log_library = grad_log_rate.sum(dim=1, keepdim=True)
         # log mu = logits - logsumexp(logits) + log_library: subtract softmax * the row sum
         grad_logits = grad_log_rate.addcmul_(rate, grad_log_library / library, value=-1.0)
-
-        grad_theta_groups = None
-        if ctx.needs_input_grad[2]:
-            # d/d theta: log theta + 1 - log(theta + mu) - theta / (theta + mu), plus where x > 0
-            # -x / (theta + mu) + digamma(x + theta) - digamma(theta)
-            group_weights = F.one_hot(group, ctx.n_groups).to(grad.dtype) * grad_rows  # (rows, groups)
-            per_entry = theta_fraction.add_(log_theta_plus_rate)
-            grad_theta_groups = group_weights.sum(dim=0).unsqueeze(1) * (torch.log(theta_groups) + 1.0)
-            grad_theta_groups = grad_theta_groups - group_weights.T @ per_entry
-            at_counts = _digamma_increment(counts, theta_at, torch.digamma(theta_groups).view(-1), group_at)
-            at_counts = (at_counts - counts / theta_plus_rate.reshape(-1).index_select(0, flat)) * grad.index_select(
-                0, nonzeros.rows
-            )
-            grad_theta_groups.view(-1).index_add_(0, group_at, at_counts)
         return grad_logits, grad_log_library, grad_theta_groups, None, None
 
 
