@@ -9,6 +9,7 @@ import torch
 from scvi.dataloaders import AnnDataLoader
 
 import spvi
+from spvi._constants import data_key, nonzero_key
 from spvi._dataloader import InMemoryDataLoader, _CSRRows, make_data_loader
 
 
@@ -35,21 +36,32 @@ def test_minibatches_equal_annloader_ones(cite_model):
     assert isinstance(loader, InMemoryDataLoader)
     fast = _batches(loader)
     assert len(fast) == len(reference) == 6
+    sparse_keys = [key for key in manager.data_registry if sp.issparse(manager.get_from_registry(key))]
+    assert sorted(sparse_keys) == [data_key("protein"), data_key("rna")]
     for expected, batch in zip(reference, fast, strict=True):
-        assert batch.keys() == expected.keys()
+        # the same arrays, and for each sparse field the positions of its non-zero entries
+        assert batch.keys() == expected.keys() | {nonzero_key(key) for key in sparse_keys}
         for key, value in expected.items():
             assert batch[key].dtype == value.dtype, key
             torch.testing.assert_close(batch[key], value, rtol=0, atol=0, msg=key)
+        for key in sparse_keys:
+            torch.testing.assert_close(
+                batch[nonzero_key(key)], batch[key].view(-1).nonzero().squeeze(1), rtol=0, atol=0
+            )
 
 
-def test_csr_rows_add_up_duplicate_entries_like_scipy():
-    # a non-canonical CSR matrix: row 0 stores column 2 twice, row 2 is empty
+def test_csr_rows_add_up_duplicate_entries_and_skip_explicit_zeros():
+    # a non-canonical CSR matrix: row 0 stores column 2 twice and an explicit zero in column 3, row 2 is empty
     matrix = sp.csr_matrix(
-        (np.array([1.0, 2.0, 5.0, 3.0]), np.array([2, 2, 0, 1]), np.array([0, 3, 4, 4])), shape=(3, 4)
+        (np.array([1.0, 2.0, 0.0, 5.0, 3.0]), np.array([2, 2, 3, 0, 1]), np.array([0, 4, 5, 5])), shape=(3, 4)
     )
     assert not matrix.has_canonical_format
-    rows = _CSRRows(matrix, np.float32).rows(torch.tensor([2, 0, 1]))
+    before = matrix.copy()
+    rows, nonzero = _CSRRows(matrix, np.float32).rows(torch.tensor([2, 0, 1]))
     np.testing.assert_array_equal(rows.numpy(), matrix.toarray()[[2, 0, 1]])
+    np.testing.assert_array_equal(nonzero.numpy(), np.flatnonzero(rows.numpy()))
+    assert np.array_equal(matrix.data, before.data)  # the user's matrix is unchanged
+    assert np.array_equal(matrix.indices, before.indices)
 
 
 def test_same_loss_and_gradients_on_the_same_minibatch(cite_model):

@@ -15,6 +15,15 @@ def data_key(modality: str) -> str:
     return f"X_{modality}"
 
 
+def nonzero_key(registry_key: str) -> str:
+    """Minibatch key of the positions of a sparse field's non-zero entries in its flattened dense minibatch.
+
+    Set by spvi's in-memory data loader (from the CSR structure); the count likelihoods use it instead of
+    searching the dense minibatch for its non-zero entries.
+    """
+    return f"{registry_key}_nonzero"
+
+
 def private_obsm_key(modality: str) -> str:
     """``.obsm`` key of a modality's private embedding written by :meth:`spvi.SPVI.write_latents`."""
     return f"X_spvi_private_{modality}"

@@ -4,11 +4,12 @@ scvi-tools' :class:`~scvi.dataloaders.AnnDataLoader` reads every minibatch from 
 fields: fancy-indexes each SciPy matrix, densifies it, casts it and converts it to a tensor. When the data
 are in memory, spvi instead casts every registered field once (dense fields to tensors that share memory
 with the arrays where the dtype allows, sparse fields to CSR of the training dtype) and cuts each minibatch
-by index. Sparse rows are still cut by SciPy (in C; faster on a CPU than a gather in torch). The minibatches
-are the same arrays as scvi-tools' (same keys, dtypes and values) and the cells are drawn in the same order
-for the same seed, so training gives the same result on either path. On a CPU the gain is small (0.29 vs
-0.33 ms per SNARE-seq minibatch, ``benchmarks/speed``). Data opened on disk (``backed``), sparse minibatches
-(``load_sparse_tensor=True``) and fields of other types keep scvi-tools' loader.
+by index. Sparse rows are still cut by SciPy (in C; faster on a CPU than a gather in torch), and a minibatch
+also holds the positions of each sparse field's non-zero entries (:func:`spvi._constants.nonzero_key`), known
+from the CSR structure, which the count likelihoods would otherwise search for in the dense rows. Otherwise the
+minibatches are the same arrays as scvi-tools' (same keys, dtypes and values) and the cells are drawn in the
+same order for the same seed, so training gives the same result on either path. Data opened on disk
+(``backed``), sparse minibatches (``load_sparse_tensor=True``) and fields of other types keep scvi-tools' loader.
 """
 
 from __future__ import annotations
@@ -21,17 +22,31 @@ from scvi.data._utils import registry_key_to_default_dtype
 from scvi.dataloaders import AnnDataLoader, BatchDistributedSampler, DataSplitter
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from spvi._constants import nonzero_key
 from spvi._data import is_on_disk
 
 
 class _CSRRows:
-    """A CSR matrix whose ``rows(index)`` are the dense rows ``index`` as a tensor (SciPy's row slicing, in C)."""
+    """A CSR matrix cut into dense minibatch rows, with the positions of their non-zero entries.
+
+    Explicit zeros and duplicate entries are removed first (from a copy: the user's matrix is not changed), so
+    the stored entries are exactly the non-zero ones.
+    """
 
     def __init__(self, matrix: sparse.csr_matrix, dtype: np.dtype):
-        self.matrix = matrix.astype(dtype, copy=False)
+        matrix = matrix.astype(dtype, copy=False)
+        if not matrix.has_canonical_format or (matrix.data == 0).any():
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
+            matrix.eliminate_zeros()
+        self.matrix = matrix
 
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.matrix[index.numpy()].toarray())
+    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense rows ``index`` and the positions of their non-zero entries in the flattened rows."""
+        rows = self.matrix[index.numpy()]  # SciPy's row slicing, in C
+        row_of_entry = np.repeat(np.arange(rows.shape[0], dtype=np.int64), np.diff(rows.indptr))
+        nonzero = torch.from_numpy(row_of_entry * rows.shape[1] + rows.indices)
+        return torch.from_numpy(rows.toarray()), nonzero
 
 
 class RegisteredTensors(Dataset):
@@ -69,10 +84,13 @@ class RegisteredTensors(Dataset):
 
     def __getitem__(self, positions: list[int]) -> dict[str, torch.Tensor]:
         index = self.indices[torch.as_tensor(positions, dtype=torch.int64)]
-        return {
-            key: field.rows(index) if isinstance(field, _CSRRows) else field[index]
-            for key, field in self.fields.items()
-        }
+        minibatch = {}
+        for key, field in self.fields.items():
+            if isinstance(field, _CSRRows):
+                minibatch[key], minibatch[nonzero_key(key)] = field.rows(index)
+            else:
+                minibatch[key] = field[index]
+        return minibatch
 
 
 class InMemoryDataLoader(DataLoader):

@@ -25,19 +25,21 @@ class Nonzeros:
     """The non-zero entries of a count matrix ``x`` ``(n, features)``, repeated for ``n_blocks`` stacked row blocks.
 
     Parameter rows are ``n_blocks`` blocks of ``n`` rows (one per latent sample or objective term), each
-    block against the same ``x``. ``rows`` index the stacked rows, ``flat`` the flattened ``(rows, features)``
-    parameters, ``counts`` are the values of ``x`` there.
+    block against the same ``x``. ``rows`` index the stacked rows, ``cols`` the features, ``flat`` the flattened
+    ``(rows, features)`` parameters, ``counts`` are the values of ``x`` there. ``nonzero_index``, the positions
+    of the non-zero entries in ``x.view(-1)`` (from the data loader), saves searching ``x`` for them.
     """
 
-    def __init__(self, x: torch.Tensor, n_blocks: int):
+    def __init__(self, x: torch.Tensor, n_blocks: int, nonzero_index: torch.Tensor | None = None):
         n_obs, n_features = x.shape
-        rows, cols = x.nonzero(as_tuple=True)
-        counts = x.reshape(-1).index_select(0, rows * n_features + cols)
-        block_offsets = torch.arange(n_blocks, device=x.device).unsqueeze(1) * n_obs
-        self.rows = (block_offsets + rows).reshape(-1)
-        self.cols = cols.repeat(n_blocks)
+        if nonzero_index is None:
+            nonzero_index = x.reshape(-1).nonzero().squeeze(1)
+        counts = x.reshape(-1).index_select(0, nonzero_index)
+        block_offsets = torch.arange(n_blocks, device=x.device).unsqueeze(1) * (n_obs * n_features)
+        self.flat = (block_offsets + nonzero_index).reshape(-1)
+        self.rows = torch.div(self.flat, n_features, rounding_mode="floor")
+        self.cols = self.flat - self.rows * n_features
         self.counts = counts.repeat(n_blocks)
-        self.flat = self.rows * n_features + self.cols
 
 
 class _SoftmaxNegativeBinomial(torch.autograd.Function):
@@ -171,16 +173,21 @@ class _BernoulliWithDepth(torch.autograd.Function):
 
 
 def softmax_negative_binomial(
-    logits: torch.Tensor, log_library: torch.Tensor, theta_groups: torch.Tensor, group: torch.Tensor, x: torch.Tensor
+    logits: torch.Tensor,
+    log_library: torch.Tensor,
+    theta_groups: torch.Tensor,
+    group: torch.Tensor,
+    x: torch.Tensor,
+    nonzero_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed NB log-likelihood of ``x`` ``(n, features)`` for each row of ``logits`` ``(..., n, features)``.
 
     The mean is ``exp(log_library) * softmax(logits)``; row ``r`` (of the leading axes times ``n``) has inverse
-    dispersion ``theta_groups[group[r]]``. Returns ``(..., n)``.
+    dispersion ``theta_groups[group[r]]``. ``nonzero_index``: see :class:`Nonzeros`. Returns ``(..., n)``.
     """
     leading = logits.shape[:-1]
     n_features = logits.shape[-1]
-    nonzeros = Nonzeros(x, logits[..., 0].numel() // x.shape[0])
+    nonzeros = Nonzeros(x, logits[..., 0].numel() // x.shape[0], nonzero_index)
     log_lik = _SoftmaxNegativeBinomial.apply(
         logits.reshape(-1, n_features), log_library.reshape(-1, 1), theta_groups, group.reshape(-1), nonzeros
     )
@@ -188,15 +195,19 @@ def softmax_negative_binomial(
 
 
 def bernoulli_with_depth(
-    logits: torch.Tensor, log_depth: torch.Tensor, log_region: torch.Tensor, x: torch.Tensor
+    logits: torch.Tensor,
+    log_depth: torch.Tensor,
+    log_region: torch.Tensor,
+    x: torch.Tensor,
+    nonzero_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed Bernoulli log-likelihood of ``x > 0`` ``(n, features)`` for each row of ``logits`` ``(..., n, features)``.
 
     ``log p = logsigmoid(logits) + log_depth + log_region`` with ``log_depth`` one value per row and
-    ``log_region`` one per feature. Returns ``(..., n)``.
+    ``log_region`` one per feature. ``nonzero_index``: see :class:`Nonzeros`. Returns ``(..., n)``.
     """
     leading = logits.shape[:-1]
     n_features = logits.shape[-1]
-    nonzeros = Nonzeros(x, logits[..., 0].numel() // x.shape[0])
+    nonzeros = Nonzeros(x, logits[..., 0].numel() // x.shape[0], nonzero_index)
     log_lik = _BernoulliWithDepth.apply(logits.reshape(-1, n_features), log_depth.reshape(-1, 1), log_region, nonzeros)
     return log_lik.view(leading)

@@ -115,12 +115,15 @@ class LikelihoodHead(nn.Module):
         kernel = self.log_kernel(x, params)
         return kernel if base_measure is None else kernel + base_measure
 
-    def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_likelihood(
+        self, x: torch.Tensor, params: dict[str, torch.Tensor], nonzero_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Log-likelihood of each cell's data summed over features, ``params`` with optional leading axes.
 
         The same value as ``log_prob(x, params).sum(-1)``; the base measure is computed once for all leading
         axes. Count heads override it with a form that evaluates the terms that vanish at ``x == 0`` on the
-        non-zero entries only (the training loss calls this for every minibatch).
+        non-zero entries only (the training loss calls this for every minibatch); ``nonzero_index``, the
+        positions of those entries in ``x.view(-1)`` when the data loader knows them, saves searching for them.
         """
         log_lik = self.log_kernel(x, params).sum(dim=-1)
         base_measure = self.log_base_measure(x)
@@ -222,10 +225,12 @@ class NegativeBinomialHead(_SoftmaxRateHead):
             - torch.lgamma(theta)
         )
 
-    def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_likelihood(
+        self, x: torch.Tensor, params: dict[str, torch.Tensor], nonzero_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # one pass of the softmax and the likelihood with closed-form gradients (see _likelihood_kernels)
         return softmax_negative_binomial(
-            params["logits"], params["log_library"], self._theta_groups(), params["marginal"].long(), x
+            params["logits"], params["log_library"], self._theta_groups(), params["marginal"].long(), x, nonzero_index
         )
 
     def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
@@ -278,11 +283,13 @@ class PoissonHead(_SoftmaxRateHead):
         log_rate = self.log_rate(params)
         return x * log_rate - torch.exp(log_rate)
 
-    def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_likelihood(
+        self, x: torch.Tensor, params: dict[str, torch.Tensor], nonzero_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # the rates of a row sum to its library, so -sum(rate) is -library; x log(rate) - lgamma(x + 1) where x > 0
         logits = params["logits"].reshape(-1, params["logits"].shape[-1])
         log_library = params["log_library"].reshape(-1)
-        nonzeros = Nonzeros(x, logits.shape[0] // x.shape[0])
+        nonzeros = Nonzeros(x, logits.shape[0] // x.shape[0], nonzero_index)
         log_normaliser = torch.logsumexp(logits, dim=1) - log_library
         log_rate_at = logits.reshape(-1)[nonzeros.flat] - log_normaliser[nonzeros.rows]
         at_counts = nonzeros.counts * log_rate_at - torch.lgamma(nonzeros.counts + 1)
@@ -335,9 +342,12 @@ class BernoulliHead(LikelihoodHead):
         log_not_p = torch.log(-torch.expm1(log_p))
         return torch.where(x > 0, log_p, log_not_p)
 
-    def log_likelihood(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_likelihood(
+        self, x: torch.Tensor, params: dict[str, torch.Tensor], nonzero_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # one pass with closed-form gradients (see _likelihood_kernels)
-        return bernoulli_with_depth(params["logits"], params["log_depth"], F.logsigmoid(self.region_logits), x)
+        log_region = F.logsigmoid(self.region_logits)
+        return bernoulli_with_depth(params["logits"], params["log_depth"], log_region, x, nonzero_index)
 
     def expected_value(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.exp(self.log_p(params))

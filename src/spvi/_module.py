@@ -11,7 +11,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torch.nn import functional as F
 
-from spvi._constants import PRESENCE_KEY, data_key
+from spvi._constants import PRESENCE_KEY, data_key, nonzero_key
 from spvi._likelihoods import LIKELIHOODS
 from spvi._nn import ModalityDecoder, ModalityEncoder
 from spvi._objectives import Objective, Term, make_objective
@@ -471,9 +471,8 @@ class SPVAE(BaseModuleClass):
                 terms = generative_outputs["stacked_terms"][m]
                 # parameters (n_terms * n, features) viewed as (n_terms, n, features) broadcast against x
                 per_sample = {key: value.view(len(terms), n_obs, -1) for key, value in params.items()}
-                log_lik = (
-                    self.decoders[m].likelihood.log_likelihood(tensors[data_key(name)], per_sample).T
-                )  # (n, n_terms)
+                x, nonzero_index = tensors[data_key(name)], tensors.get(nonzero_key(data_key(name)))
+                log_lik = self.decoders[m].likelihood.log_likelihood(x, per_sample, nonzero_index).T  # (n, n_terms)
                 per_term[:, terms] = torch.where(presence[:, m : m + 1], -log_lik, torch.zeros_like(log_lik))
             reconstruction.append(per_term)
         return reconstruction
@@ -509,7 +508,8 @@ class SPVAE(BaseModuleClass):
                     generative_input["library"][m],
                     generative_input["categorical"],
                 )
-                nll = -self.decoders[m].likelihood.log_likelihood(tensors[data_key(name)], params)
+                x, nonzero_index = tensors[data_key(name)], tensors.get(nonzero_key(data_key(name)))
+                nll = -self.decoders[m].likelihood.log_likelihood(x, params, nonzero_index)
                 nll_sum[:, m] += torch.where(pair, nll, torch.zeros_like(nll))
                 n_sources[:, m] += pair.to(nll_sum.dtype)
         return (nll_sum / n_sources.clamp(min=1.0)).sum(dim=1)
