@@ -132,3 +132,17 @@ def test_digamma_increment_at_ones_and_larger_counts():
     theta = theta_table[table_index]
     increment = _digamma_increment(counts, theta, torch.digamma(theta_table), table_index)
     torch.testing.assert_close(increment, torch.digamma(counts + theta) - torch.digamma(theta))
+
+
+def test_kernels_run_in_float32_under_bf16_autocast():
+    # decoder outputs arrive in bf16 under mixed precision: the likelihoods are still summed in float32
+    x = _counts().float()
+    logits, log_library, theta_groups, group = (
+        t.detach().float() if t.is_floating_point() else t for t in _nb_inputs()
+    )
+    reference = softmax_negative_binomial(logits, log_library, theta_groups, group, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        log_lik = softmax_negative_binomial(logits.bfloat16(), log_library, theta_groups, group, x)
+        bernoulli = bernoulli_with_depth(logits.bfloat16(), -log_library, torch.zeros(N_FEATURES), x)
+    assert log_lik.dtype == bernoulli.dtype == torch.float32
+    torch.testing.assert_close(log_lik, reference, rtol=0.02, atol=0.5)

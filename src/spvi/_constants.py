@@ -15,13 +15,21 @@ def data_key(modality: str) -> str:
     return f"X_{modality}"
 
 
+_NONZERO_SUFFIX = "::nonzero_positions"
+
+
 def nonzero_key(registry_key: str) -> str:
     """Minibatch key of the positions of a sparse field's non-zero entries in its flattened dense minibatch.
 
     Set by spvi's in-memory data loader (from the CSR structure); the count likelihoods use it instead of
     searching the dense minibatch for its non-zero entries.
     """
-    return f"{registry_key}_nonzero"
+    return f"{registry_key}{_NONZERO_SUFFIX}"
+
+
+def is_nonzero_key(key: str) -> bool:
+    """Whether a minibatch key holds non-zero positions (:func:`nonzero_key`) rather than a per-cell field."""
+    return key.endswith(_NONZERO_SUFFIX)
 
 
 def private_obsm_key(modality: str) -> str:

@@ -22,7 +22,7 @@ from scvi.data._utils import registry_key_to_default_dtype
 from scvi.dataloaders import AnnDataLoader, BatchDistributedSampler, DataSplitter
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from spvi._constants import nonzero_key
+from spvi._constants import is_nonzero_key, nonzero_key
 from spvi._data import is_on_disk
 
 
@@ -146,6 +146,15 @@ def make_data_loader(adata_manager: AnnDataManager, *args, load_sparse_tensor: b
     for key in scvi_only:
         kwargs.pop(key, None)
     return InMemoryDataLoader(adata_manager, *args, **kwargs)
+
+
+def select_cells(minibatch: dict[str, torch.Tensor], cells: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-cell fields of a minibatch at ``cells`` (index or bool mask).
+
+    The positions of sparse fields' non-zero entries index the whole minibatch, so they are left out (the
+    likelihoods find them in the selected rows).
+    """
+    return {key: value[cells] for key, value in minibatch.items() if not is_nonzero_key(key)}
 
 
 class SPVIDataSplitter(DataSplitter):

@@ -185,12 +185,13 @@ def softmax_negative_binomial(
     The mean is ``exp(log_library) * softmax(logits)``; row ``r`` (of the leading axes times ``n``) has inverse
     dispersion ``theta_groups[group[r]]``. ``nonzero_index``: see :class:`Nonzeros`. Returns ``(..., n)``.
     """
-    leading = logits.shape[:-1]
-    n_features = logits.shape[-1]
+    leading, n_features = logits.shape[:-1], logits.shape[-1]
     nonzeros = Nonzeros(x, logits[..., 0].numel() // x.shape[0], nonzero_index)
-    log_lik = _SoftmaxNegativeBinomial.apply(
-        logits.reshape(-1, n_features), log_library.reshape(-1, 1), theta_groups, group.reshape(-1), nonzeros
-    )
+    logits, log_library, theta_groups = _full_precision(logits, log_library, theta_groups)
+    with torch.autocast(x.device.type, enabled=False):
+        log_lik = _SoftmaxNegativeBinomial.apply(
+            logits.reshape(-1, n_features), log_library.reshape(-1, 1), theta_groups, group.reshape(-1), nonzeros
+        )
     return log_lik.view(leading)
 
 
@@ -206,8 +207,16 @@ def bernoulli_with_depth(
     ``log p = logsigmoid(logits) + log_depth + log_region`` with ``log_depth`` one value per row and
     ``log_region`` one per feature. ``nonzero_index``: see :class:`Nonzeros`. Returns ``(..., n)``.
     """
-    leading = logits.shape[:-1]
-    n_features = logits.shape[-1]
+    leading, n_features = logits.shape[:-1], logits.shape[-1]
     nonzeros = Nonzeros(x, logits[..., 0].numel() // x.shape[0], nonzero_index)
-    log_lik = _BernoulliWithDepth.apply(logits.reshape(-1, n_features), log_depth.reshape(-1, 1), log_region, nonzeros)
+    logits, log_depth, log_region = _full_precision(logits, log_depth, log_region)
+    with torch.autocast(x.device.type, enabled=False):
+        log_lik = _BernoulliWithDepth.apply(
+            logits.reshape(-1, n_features), log_depth.reshape(-1, 1), log_region, nonzeros
+        )
     return log_lik.view(leading)
+
+
+def _full_precision(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in float32 where they are in a lower precision (decoder outputs under bf16/fp16 autocast)."""
+    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)

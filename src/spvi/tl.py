@@ -22,6 +22,7 @@ from mudata import MuData
 from sklearn.model_selection import train_test_split
 
 from spvi._constants import PRESENCE_KEY, PRESENCE_OBSM_KEY, SHARED_OBSM_KEY, data_key, private_obsm_key
+from spvi._dataloader import select_cells
 from spvi._likelihoods import _theta
 from spvi._model import SPVI
 from spvi.metrics import knn_accuracy, label_auc, pearson_per_feature, r2_per_feature
@@ -207,7 +208,7 @@ def _deviance_explained(
         observed = tensors[PRESENCE_KEY][:, m].bool()
         if not observed.any():
             continue
-        tensors = {key: value[observed] for key, value in tensors.items()}
+        tensors = select_cells(tensors, observed)
         z = torch.cat([z_shared, z_private], dim=1)[observed]
         x = tensors[data_key(modality)].to(torch.float64)
         library = module.cell_library(m, tensors[data_key(modality)], torch.ones_like(z[:, :1], dtype=torch.bool))
@@ -420,7 +421,7 @@ def _decoder_gradients(
         z = torch.cat([z_shared, z_private], dim=1)[observed]
         if z.shape[0] == 0:
             continue
-        cell_tensors = {key: value[observed] for key, value in tensors.items()}
+        cell_tensors = select_cells(tensors, observed)
 
         def decoded(z_in: torch.Tensor, cell_tensors: dict = cell_tensors) -> torch.Tensor:
             mean = _decode_mean(model, m, z_in, cell_tensors, marginal=False)
