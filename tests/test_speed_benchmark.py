@@ -59,3 +59,26 @@ def test_scaling_benchmark_trains_from_memory_and_from_disk(tmp_path):
         assert result["mode"] == mode
         assert result["ms_per_step"] > 0
         assert result["peak_rss_gib"] >= result["rss_after_imports_gib"] > 0
+
+
+def test_ratios_to_the_reference_are_taken_within_rounds():
+    # the machine is twice as slow in round 2: the per-round ratio stays 0.5, the ratio of medians would not
+    spvi_rounds = [
+        {"seconds_per_epoch": 1.0, "cpu_seconds_per_epoch": 1.0},
+        {"seconds_per_epoch": 2.0, "cpu_seconds_per_epoch": 2.0},
+    ]
+    multivi_rounds = [
+        {"seconds_per_epoch": 2.0, "cpu_seconds_per_epoch": 2.0},
+        {"seconds_per_epoch": 4.0, "cpu_seconds_per_epoch": 4.0},
+    ]
+    multivi_rounds.append({"seconds_per_epoch": 2.0, "cpu_seconds_per_epoch": 2.0})
+    spvi_rounds.append({"seconds_per_epoch": 3.0, "cpu_seconds_per_epoch": 3.0})
+    rows = run_speed._combine_rounds(
+        "mop", 10, {"spvi": spvi_rounds, "MULTIVI": multivi_rounds}, "MULTIVI", {"x": "no"}
+    )
+    spvi_row, multivi_row, error_row = rows
+    assert spvi_row["rounds"] == 3
+    assert spvi_row["cpu_seconds_per_epoch"] == 2.0  # median
+    assert spvi_row["cpu_time_ratio_to_reference"] == 0.5  # median of 0.5, 0.5, 1.5
+    assert multivi_row["ratio_to_reference"] == 1.0
+    assert error_row == {"dataset": "mop", "n_cells": 10, "model": "x", "error": "no"}

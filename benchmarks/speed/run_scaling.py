@@ -2,7 +2,9 @@
 
 Each size is simulated and written to an .h5mu once; training then runs in a fresh process per size and
 mode, so that the peak resident memory (ru_maxrss) is that of training alone: ``memory`` reads the file
-into memory, ``backed`` opens it on disk (``mudata.read_h5mu(path, backed=True)``). Minibatches are drawn
+into memory, ``backed`` opens it on disk (``mudata.read_h5mu(path, backed=True)``). ``obs_tables_gib`` is
+the part of the memory that grows with the cells even when backed: the per-cell metadata (``obs`` tables
+with their cell names) that AnnData and MuData always hold in memory. Minibatches are drawn
 at random over all cells; ``--steps`` minibatches are timed and the epoch time is steps-per-epoch times the
 measured time per step.
 
@@ -32,6 +34,12 @@ BATCH_SIZE = 128
 
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _obs_gib(mdata) -> float:
+    """In-memory size of the per-cell metadata (``obs`` tables and names), which AnnData keeps in memory when backed."""
+    tables = [mdata.obs, *(modality.obs for modality in mdata.mod.values())]
+    return sum(int(table.memory_usage(index=True, deep=True).sum()) for table in tables) / 2**30
 
 
 def prepare(path: Path, n_cells: int, n_genes: int, n_peaks: int) -> None:
@@ -79,6 +87,7 @@ def train(path: Path, mode: str, device: str, steps: int) -> dict:
         "cpu_ms_per_step": 1000 * timer.cpu_seconds[-1] / steps,
         "seconds_per_epoch": seconds_per_step * np.ceil(n_cells / BATCH_SIZE),
         "peak_rss_gib": _peak_rss_gib(),
+        "obs_tables_gib": _obs_gib(mdata),
         "rss_after_imports_gib": rss_before,
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
         "file_gib": path.stat().st_size / 2**30,

@@ -3,7 +3,9 @@
 Same data, batch size, hidden width and depth for every model: simulated RNA+ATAC or RNA+protein counts
 (``--n-cells``), or the SNARE-seq mouse motor cortex (``mop``: 10,308 nuclei, 1,677 genes, 775 peaks open in
 >= 2% of nuclei, 12 samples as batch covariate, as in the integration benchmark). Seconds per epoch are
-the median over ``--epochs`` epochs after the first (which warms up); with ``--steps`` each epoch stops after
+the median over ``--epochs`` epochs after the first (which warms up); with ``--rounds`` every model is timed that
+many times in turn and the medians are reported, with each ratio to MULTIVI/TOTALVI taken within a round (a
+shared machine's speed drifts; models timed back to back see the same machine). With ``--steps`` each epoch stops after
 that many minibatches and the epoch time is extrapolated from the time per step. For spvi's objectives in
 ``--bare-loop`` the same module is also trained by a bare torch loop (same minibatches from the same data
 loader, the same fused Adam, no Lightning), to measure what the Lightning training plan adds. Also reports
@@ -11,7 +13,7 @@ the matmul FLOPs of one training step (counted by ``torch.utils.flop_counter``, 
 achieved FLOP rate, and the peak matmul rate of torch on the same device in the same run.
 
 Usage: python benchmarks/speed/run_speed.py [--device cpu|cuda] [--datasets mop rna_atac rna_protein]
-       [--n-cells 20000] [--epochs 2] [--steps N] [--batch-size 128] [--threads 1]
+       [--n-cells 20000] [--epochs 2] [--rounds 1] [--steps N] [--batch-size 128] [--threads 1]
        [--precision 32-true|bf16-mixed] [--load-sparse-tensor] [--bare-loop mmvae++]
 """
 
@@ -228,11 +230,40 @@ def time_bare_loop(model, batch_size: int, steps: int | None, epochs: int) -> di
     }
 
 
+def _combine_rounds(
+    dataset: str, n_cells: int, rounds: dict[str, list[dict]], reference: str, errors: dict[str, str]
+) -> list[dict]:
+    """One row per model: the median over rounds of each measurement and of the per-round time ratios.
+
+    A ratio to the reference model (MULTIVI/TOTALVI) is taken within each round, where both ran back to back,
+    so that a machine that speeds up or slows down between rounds (a shared host) moves both alike.
+    """
+    rows = []
+    for name, results in rounds.items():
+        row = {"dataset": dataset, "n_cells": n_cells, "model": name, "rounds": len(results)}
+        row.update(pd.DataFrame(results).median().to_dict())
+        reference_results = rounds.get(reference)
+        if reference_results is not None:
+            for column, ratio in (
+                ("seconds_per_epoch", "ratio_to_reference"),
+                ("cpu_seconds_per_epoch", "cpu_time_ratio_to_reference"),
+            ):
+                row[ratio] = float(
+                    np.median([r[column] / q[column] for r, q in zip(results, reference_results, strict=True)])
+                )
+        rows.append(row)
+    rows += [{"dataset": dataset, "n_cells": n_cells, "model": name, "error": error} for name, error in errors.items()]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--n-cells", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="times every model is timed, in turn (medians and per-round ratios)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
         "--load-sparse-tensor", action="store_true", help="send minibatches as sparse tensors, densify on the device"
@@ -262,37 +293,42 @@ def main() -> None:
         mdata = load_dataset(dataset, args.n_cells)
         reference = "TOTALVI" if dataset == "rna_protein" else "MULTIVI"
         candidates = [(f"spvi {objective}", objective) for objective in args.objectives] + [(reference, None)]
+        models = {}
         for name, objective in candidates:
             scvi.settings.seed = 0
             data = mdata.copy()
-            model = spvi_model(data, dataset, objective) if objective else reference_model(data, dataset)
-            try:
-                result = time_model(
-                    model,
-                    args.device,
-                    args.epochs,
-                    args.precision,
-                    args.batch_size,
-                    args.load_sparse_tensor,
-                    args.steps,
-                )
-            except RuntimeError as error:  # e.g. a model that does not support the requested precision
-                result = {"error": str(error).splitlines()[0]}
-            rows.append({"dataset": dataset, "n_cells": mdata.n_obs, "model": name, **result})
-            print(rows[-1], flush=True)
-            if objective in args.bare_loop and "error" not in result:
-                bare = time_bare_loop(model, args.batch_size, args.steps, args.epochs)
-                rows[-1]["lightning_over_bare_loop"] = result["cpu_seconds_per_epoch"] / bare["cpu_seconds_per_epoch"]
-                rows.append({"dataset": dataset, "n_cells": mdata.n_obs, "model": f"{name}, bare torch loop", **bare})
-                print(rows[-1], flush=True)
+            models[name] = (
+                objective,
+                spvi_model(data, dataset, objective) if objective else reference_model(data, dataset),
+            )
+        rounds: dict[str, list[dict]] = {}  # model -> one result per round
+        errors: dict[str, str] = {}
+        for round_index in range(args.rounds):
+            for name, (objective, model) in models.items():
+                if name in errors:
+                    continue
+                try:
+                    result = time_model(
+                        model,
+                        args.device,
+                        args.epochs,
+                        args.precision,
+                        args.batch_size,
+                        args.load_sparse_tensor,
+                        args.steps,
+                    )
+                except RuntimeError as error:  # e.g. a model that does not support the requested precision
+                    errors[name] = str(error).splitlines()[0]
+                    continue
+                rounds.setdefault(name, []).append(result)
+                print(dataset, f"round {round_index}", name, result, flush=True)
+                if objective in args.bare_loop:
+                    bare = time_bare_loop(model, args.batch_size, args.steps, args.epochs)
+                    result["lightning_over_bare_loop"] = result["cpu_seconds_per_epoch"] / bare["cpu_seconds_per_epoch"]
+                    rounds.setdefault(f"{name}, bare torch loop", []).append(bare)
+                    print(dataset, f"round {round_index}", name, "bare loop", bare, flush=True)
+        rows += _combine_rounds(dataset, mdata.n_obs, rounds, reference, errors)
     table = pd.DataFrame(rows)
-    for _, group in table.groupby("dataset"):
-        # time relative to MULTIVI/TOTALVI (NaN where the reference failed), wall clock and process CPU time
-        reference = group.loc[group["model"].isin(["MULTIVI", "TOTALVI"])].iloc[0]
-        table.loc[group.index, "ratio_to_reference"] = group["seconds_per_epoch"] / reference["seconds_per_epoch"]
-        table.loc[group.index, "cpu_time_ratio_to_reference"] = (
-            group["cpu_seconds_per_epoch"] / reference["cpu_seconds_per_epoch"]
-        )
     table["flop_efficiency"] = table["achieved_gflops"] * 1e9 / peak
     table.insert(0, "device", device_name)
     table.insert(1, "precision", args.precision)

@@ -30,6 +30,7 @@ SCALING_COLUMNS = {
     "seconds_per_epoch": "s / epoch",
     "peak_rss_gib": "peak RSS (GiB)",
     "rss_after_imports_gib": "RSS after imports (GiB)",
+    "obs_tables_gib": "obs tables in memory (GiB)",
     "peak_gpu_gib": "peak GPU memory (GiB)",
     "file_gib": "h5mu file (GiB)",
 }

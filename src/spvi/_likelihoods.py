@@ -9,7 +9,10 @@ depends on the data only (``-log x!`` for NB and Poisson). The objectives evalua
 likelihood under several latent samples, through ``log_likelihood`` (summed over features): the base
 measure is computed once per cell, sums over per-feature dispersions once per feature, and for count
 data the terms that vanish at zero counts (``lgamma``, ``x log mu``) only at the non-zero entries, which
-are a few percent of single-cell data.
+are a few percent of single-cell data. The ``nb`` and ``bernoulli`` sums are computed by the kernels of
+:mod:`spvi._likelihood_kernels`, with hand-written gradients, from the decoder's logits directly; the heads'
+parameters are therefore the logits and per-row scales (``log_library``, ``log_depth``), and the per-feature
+dispersions and peak factors are read from the head itself.
 
 ==============  ==============================  =========================================================
 name            data                            model
