@@ -93,7 +93,7 @@ class LikelihoodHead(nn.Module):
 
     def library(self, x: torch.Tensor) -> torch.Tensor:
         """Per-cell scale of the mean, ``(n, 1)``: the observed library size, at least 1 (where ``uses_library``)."""
-        return torch.nan_to_num(x, nan=0.0).sum(dim=1, keepdim=True).clamp(min=1.0)
+        return x.nansum(dim=1, keepdim=True).clamp(min=1.0)
 
     def forward(self, hidden: torch.Tensor, library: torch.Tensor, marginal: torch.Tensor) -> dict[str, torch.Tensor]:
         """Parameters of the likelihood for each row of ``hidden``.
