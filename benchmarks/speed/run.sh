@@ -9,12 +9,12 @@ DEVICE="${1:-$("$PYTHON" -c 'import torch; print("cuda" if torch.cuda.is_availab
 export PYTHONWARNINGS=ignore
 if [ "$DEVICE" = cpu ]; then
   # SNARE-seq, every objective and MULTIVI, one and two torch threads; bare torch loop beside MMVAE++
-  "$PYTHON" run_speed.py --device cpu --threads 1 --datasets mop --epochs 3 --rounds 3 \
+  "$PYTHON" run_speed.py --device cpu --threads 1 --datasets mop --epochs 2 --rounds 6 \
     --output results/speed_cpu_fp32_b128_1thread_mop.csv
-  "$PYTHON" run_speed.py --device cpu --threads 2 --datasets mop --epochs 3 --rounds 3 --objectives mmvae++ \
+  "$PYTHON" run_speed.py --device cpu --threads 2 --datasets mop --epochs 2 --rounds 6 --objectives mmvae++ \
     --output results/speed_cpu_fp32_b128_2threads_mop.csv
   # simulated RNA + ATAC (2,000 genes, 20,000 peaks), 100k cells: epoch time from 40 minibatches
-  "$PYTHON" run_speed.py --device cpu --threads 1 --datasets rna_atac --n-cells 100000 --steps 40 --epochs 2 --rounds 3 \
+  "$PYTHON" run_speed.py --device cpu --threads 1 --datasets rna_atac --n-cells 100000 --steps 40 --epochs 2 --rounds 4 \
     --objectives mmvae++ --output results/speed_cpu_fp32_b128_1thread_100k.csv
   OMP_NUM_THREADS=1 "$PYTHON" run_scaling.py --device cpu --sizes 10000 100000 1000000 --n-genes 1000 \
     --n-peaks 5000 --steps 100 --output results/scaling_cpu.csv
