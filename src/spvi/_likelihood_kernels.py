@@ -10,9 +10,9 @@ per-feature dispersion is gathered per row group once, and the gradients are clo
 of quantities saved in the forward pass. The terms that vanish at ``x == 0`` are evaluated on the
 non-zero entries only.
 
-``tests/test_likelihood_kernels.py`` checks values and gradients against the autograd formulas
-(``torch.autograd.gradcheck`` in float64) and against the element-wise likelihoods of
-:mod:`spvi._likelihoods`.
+``tests/test_likelihood_kernels.py`` checks values and gradients against autograd through scvi-tools'
+``NegativeBinomial`` and torch's ``Bernoulli`` and against finite differences in float64;
+``tests/test_module.py`` against the element-wise likelihoods of :mod:`spvi._likelihoods`.
 """
 
 from __future__ import annotations
