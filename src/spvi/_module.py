@@ -464,18 +464,27 @@ class SPVAE(BaseModuleClass):
         """
         n_obs, n_terms = presence.shape[0], len(self.objective.terms)
         reconstruction = []
-        for m, name in enumerate(self.modalities):
+        for m in range(self.n_modalities):
             per_term = torch.zeros(n_obs, n_terms, device=presence.device)
             params = generative_outputs["params"][m]
             if params is not None:
                 terms = generative_outputs["stacked_terms"][m]
                 # parameters (n_terms * n, features) viewed as (n_terms, n, features) broadcast against x
                 per_sample = {key: value.view(len(terms), n_obs, -1) for key, value in params.items()}
-                x, nonzero_index = tensors[data_key(name)], tensors.get(nonzero_key(data_key(name)))
-                log_lik = self.decoders[m].likelihood.log_likelihood(x, per_sample, nonzero_index).T  # (n, n_terms)
+                log_lik = self.minibatch_log_likelihood(m, tensors, per_sample).T  # (n, n_terms)
                 per_term[:, terms] = torch.where(presence[:, m : m + 1], -log_lik, torch.zeros_like(log_lik))
             reconstruction.append(per_term)
         return reconstruction
+
+    def minibatch_log_likelihood(
+        self, m: int, tensors: dict[str, torch.Tensor], params: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Modality ``m``'s log-likelihood of the minibatch's data under ``params``, summed over features.
+
+        The positions of the data's non-zero entries come with the minibatch where the data loader knows them.
+        """
+        key = data_key(self.modalities[m])
+        return self.decoders[m].likelihood.log_likelihood(tensors[key], params, tensors.get(nonzero_key(key)))
 
     def cross_modal_nll(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> torch.Tensor:
         """``(n,)`` negative log-likelihood of each cell's modalities predicted from the other modalities.
@@ -496,7 +505,7 @@ class SPVAE(BaseModuleClass):
             if not observed_source.any():
                 continue
             z_shared = self.shared_posterior_mean(inference_outputs["qz_shared"], observed_source)
-            for m, name in enumerate(self.modalities):
+            for m in range(self.n_modalities):
                 pair = presence[:, j] & presence[:, m]
                 if m == j or not pair.any():
                     continue
@@ -508,8 +517,7 @@ class SPVAE(BaseModuleClass):
                     generative_input["library"][m],
                     generative_input["categorical"],
                 )
-                x, nonzero_index = tensors[data_key(name)], tensors.get(nonzero_key(data_key(name)))
-                nll = -self.decoders[m].likelihood.log_likelihood(x, params, nonzero_index)
+                nll = -self.minibatch_log_likelihood(m, tensors, params)
                 nll_sum[:, m] += torch.where(pair, nll, torch.zeros_like(nll))
                 n_sources[:, m] += pair.to(nll_sum.dtype)
         return (nll_sum / n_sources.clamp(min=1.0)).sum(dim=1)
@@ -695,7 +703,7 @@ class SPVAE(BaseModuleClass):
                 z_private = qz_private[m].sample((n_samples,))
                 params = self._decode_samples(m, z_shared, z_private, conditional, library[m], categorical)
                 log_w_m = (
-                    self.decoders[m].likelihood.log_likelihood(x[m], params)
+                    self.minibatch_log_likelihood(m, tensors, params)
                     + Normal(0.0, 1.0).log_prob(z_private).sum(-1)
                     - qz_private[m].log_prob(z_private).sum(-1)
                 )
