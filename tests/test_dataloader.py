@@ -50,11 +50,11 @@ def test_minibatches_equal_annloader_ones(cite_model):
             )
 
 
-def test_csr_rows_add_up_duplicate_entries_and_skip_explicit_zeros():
+@pytest.mark.parametrize("stored_dtype", [np.float64, np.float32])  # cast to float32 (a copy) or not
+def test_csr_rows_add_up_duplicate_entries_and_skip_explicit_zeros(stored_dtype):
     # a non-canonical CSR matrix: row 0 stores column 2 twice and an explicit zero in column 3, row 2 is empty
-    matrix = sp.csr_matrix(
-        (np.array([1.0, 2.0, 0.0, 5.0, 3.0]), np.array([2, 2, 3, 0, 1]), np.array([0, 4, 5, 5])), shape=(3, 4)
-    )
+    data = np.array([1.0, 2.0, 0.0, 5.0, 3.0], dtype=stored_dtype)
+    matrix = sp.csr_matrix((data, np.array([2, 2, 3, 0, 1]), np.array([0, 4, 5, 5])), shape=(3, 4))
     assert not matrix.has_canonical_format
     before = matrix.copy()
     rows, nonzero = _CSRRows(matrix, np.float32).rows(torch.tensor([2, 0, 1]))

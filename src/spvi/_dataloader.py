@@ -34,12 +34,12 @@ class _CSRRows:
     """
 
     def __init__(self, matrix: sparse.csr_matrix, dtype: np.dtype):
-        matrix = matrix.astype(dtype, copy=False)
-        if not matrix.has_canonical_format or (matrix.data == 0).any():
-            matrix = matrix.copy()
-            matrix.sum_duplicates()
-            matrix.eliminate_zeros()
-        self.matrix = matrix
+        self.matrix = matrix.astype(dtype, copy=False)
+        if not self.matrix.has_canonical_format or (self.matrix.data == 0).any():
+            if self.matrix is matrix:  # not already copied by the cast
+                self.matrix = matrix.copy()
+            self.matrix.sum_duplicates()
+            self.matrix.eliminate_zeros()
 
     def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense rows ``index`` and the positions of their non-zero entries in the flattened rows."""
