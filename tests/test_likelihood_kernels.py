@@ -130,7 +130,8 @@ def test_digamma_increment_at_ones_and_larger_counts():
     theta_table = torch.tensor([0.01, 0.7, 3.0, 1e4], dtype=torch.float64)
     table_index = torch.tensor([0, 3, 1, 2, 0])
     theta = theta_table[table_index]
-    increment = _digamma_increment(counts, theta, torch.digamma(theta_table), table_index)
+    larger = (counts > 1).nonzero().squeeze(1)
+    increment = _digamma_increment(counts, theta, torch.digamma(theta_table), table_index, larger)
     torch.testing.assert_close(increment, torch.digamma(counts + theta) - torch.digamma(theta))
 
 

@@ -4,10 +4,11 @@ import mudata as md
 import pytest
 import torch
 from scvi import REGISTRY_KEYS
+from torch.distributions import Normal
 
 from spvi._constants import PRESENCE_KEY, data_key
 from spvi._likelihoods import LIKELIHOODS
-from spvi._module import SPVAE, product_of_experts
+from spvi._module import SPVAE, _rsample, product_of_experts
 from spvi._objectives import make_objective
 
 MODALITIES = ["a", "b"]
@@ -147,6 +148,20 @@ def test_mvae_has_no_cross_modal_terms():
     assert generative_outputs["stacked_terms"] == [[0, 1], [0, 2]]
     assert torch.all(reconstruction[1][:, 1] == 0)
     assert torch.all(reconstruction[0][:, 2] == 0)
+
+
+def test_rsample_draws_what_normal_rsample_draws_with_its_gradients():
+    loc, scale = torch.randn(6, 3, requires_grad=True), (torch.rand(6, 3) + 0.1).requires_grad_()
+    torch.manual_seed(3)
+    expected = Normal(loc, scale).rsample()
+    torch.manual_seed(3)
+    sample = _rsample(Normal(loc, scale))
+    torch.testing.assert_close(sample, expected, rtol=1e-6, atol=1e-7)  # the same noise; addcmul rounds once
+    weights = torch.randn(6, 3)
+    gradients = torch.autograd.grad((sample * weights).sum(), (loc, scale))
+    expected_gradients = torch.autograd.grad((expected * weights).sum(), (loc, scale))
+    for gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(gradient, expected_gradient)
 
 
 def test_product_of_experts_matches_closed_form():

@@ -10,11 +10,12 @@ import scipy.sparse as sp
 import scvi
 import torch
 from scvi import REGISTRY_KEYS
+from torch.distributions import Normal, kl_divergence
 
 import spvi
 from spvi import _data
 from spvi._constants import PRESENCE_KEY, data_key
-from spvi._module import SPVAE, _standard_normal_kl
+from spvi._module import SPVAE
 
 N_OBS = 24
 
@@ -49,6 +50,11 @@ def _three_modality_module(objective: str, shared_kl_weight: float = 1.0) -> tup
     return module, tensors
 
 
+def _prior_kl(q: Normal) -> torch.Tensor:
+    """KL(q || N(0, I)) summed over the latent dimensions, by torch.distributions."""
+    return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(-1)
+
+
 def _naive_loss(module: SPVAE, tensors: dict[str, torch.Tensor], kl_weight: float) -> torch.Tensor:
     """The objective written term by term and target by target: one decoder call per (term, target)."""
     inference_outputs = module.inference(**module._get_inference_input(tensors))
@@ -56,13 +62,13 @@ def _naive_loss(module: SPVAE, tensors: dict[str, torch.Tensor], kl_weight: floa
     presence = inference_outputs["presence"]
     categorical = module._categorical(tensors)
     z_private = [q.rsample() for q in qz_private]  # same draw order as SPVAE.generative
-    kl_private = torch.stack([_standard_normal_kl(q) for q in qz_private], dim=1)
+    kl_private = torch.stack([_prior_kl(q) for q in qz_private], dim=1)
     term_losses, valid = [], []
     for term in module.objective.terms:
         experts = module._term_experts(term, presence)
         posterior = module._term_posterior(term, qz_shared, experts)
         z_shared = posterior.rsample()
-        term_loss = module.shared_kl_weight * _standard_normal_kl(posterior) + (kl_private * experts).sum(dim=1)
+        term_loss = module.shared_kl_weight * _prior_kl(posterior) + (kl_private * experts).sum(dim=1)
         term_loss = kl_weight * term_loss
         targets = range(module.n_modalities) if term.targets is None else term.targets
         for m in targets:

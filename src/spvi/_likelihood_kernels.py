@@ -17,6 +17,8 @@ non-zero entries only.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn import functional as F
 
@@ -26,20 +28,29 @@ class Nonzeros:
 
     Parameter rows are ``n_blocks`` blocks of ``n`` rows (one per latent sample or objective term), each
     block against the same ``x``. ``rows`` index the stacked rows, ``cols`` the features, ``flat`` the flattened
-    ``(rows, features)`` parameters, ``counts`` are the values of ``x`` there. ``nonzero_index``, the positions
-    of the non-zero entries in ``x.view(-1)`` (from the data loader), saves searching ``x`` for them.
+    ``(rows, features)`` parameters, ``counts`` are the values of ``x`` there, ``larger`` the positions (in these
+    entries) of the counts above 1. ``nonzero_index``, the positions of the non-zero entries in ``x.view(-1)``
+    (from the data loader), saves searching ``x`` for them. Each is computed for one block and offset per block.
     """
 
     def __init__(self, x: torch.Tensor, n_blocks: int, nonzero_index: torch.Tensor | None = None):
         n_obs, n_features = x.shape
         if nonzero_index is None:
             nonzero_index = x.reshape(-1).nonzero().squeeze(1)
-        counts = x.reshape(-1).index_select(0, nonzero_index)
-        block_offsets = torch.arange(n_blocks, device=x.device).unsqueeze(1) * (n_obs * n_features)
-        self.flat = (block_offsets + nonzero_index).reshape(-1)
-        self.rows = torch.div(self.flat, n_features, rounding_mode="floor")
-        self.cols = self.flat - self.rows * n_features
-        self.counts = counts.repeat(n_blocks)
+        self._block_counts = x.reshape(-1).index_select(0, nonzero_index)
+        rows = torch.div(nonzero_index, n_features, rounding_mode="floor")
+        blocks = torch.arange(n_blocks, device=x.device).unsqueeze(1)
+        self.flat = (blocks * (n_obs * n_features) + nonzero_index).reshape(-1)
+        self.rows = (blocks * n_obs + rows).reshape(-1)
+        self.cols = (nonzero_index - rows * n_features).repeat(n_blocks)
+        self.counts = self._block_counts.repeat(n_blocks)
+        self._blocks = blocks
+
+    @functools.cached_property
+    def larger(self) -> torch.Tensor:
+        """Positions of the entries whose count is above 1."""
+        larger = (self._block_counts > 1).nonzero().squeeze(1)
+        return (self._blocks * self._block_counts.numel() + larger).reshape(-1)
 
 
 class _SoftmaxNegativeBinomial(torch.autograd.Function):
@@ -59,21 +70,27 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
         theta_plus_rate = theta_groups.index_select(0, group).add_(rate)
         log_theta_plus_rate = torch.log(theta_plus_rate)
         # sum_j theta log theta - theta log(theta + mu): the first per group, the second one read of the block
-        theta_log_theta = (theta_groups * torch.log(theta_groups)).sum(dim=1)
+        log_theta_groups = torch.log(theta_groups)
+        theta_log_theta = (theta_groups * log_theta_groups).sum(dim=1)
         dense = (log_theta_plus_rate @ theta_groups.T).gather(1, group.unsqueeze(1)).squeeze(1)
         dense = theta_log_theta.index_select(0, group) - dense
         # where x > 0: x (log mu - log(theta + mu)) + lgamma(x + theta) - lgamma(theta) - lgamma(x + 1), with
-        # theta and lgamma(theta) read from the per-group tables
+        # theta read from the per-group table; the lgamma terms are log(theta) at x == 1, evaluated at x > 1 only
         rows, flat, counts = nonzeros.rows, nonzeros.flat, nonzeros.counts
         group_at = group.index_select(0, rows) * theta_groups.shape[1] + nonzeros.cols
         theta_at = theta_groups.reshape(-1).index_select(0, group_at)
         theta_plus_rate_at = theta_plus_rate.reshape(-1).index_select(0, flat)
         log_rate_at = logits.reshape(-1).index_select(0, flat) - log_normaliser.reshape(-1).index_select(0, rows)
-        at_counts = (
-            counts * (log_rate_at - log_theta_plus_rate.reshape(-1).index_select(0, flat))
-            + torch.lgamma(counts + theta_at)
-            - torch.lgamma(theta_groups).reshape(-1).index_select(0, group_at)
-            - torch.lgamma(counts + 1)
+        at_counts = counts * (log_rate_at - log_theta_plus_rate.reshape(-1).index_select(0, flat))
+        log_gamma_ratio = log_theta_groups.reshape(-1).index_select(0, group_at)
+        larger = nonzeros.larger
+        counts_larger = counts.index_select(0, larger)
+        log_gamma_ratio.index_copy_(
+            0,
+            larger,
+            torch.lgamma(counts_larger + theta_at.index_select(0, larger))
+            - torch.lgamma(theta_groups).reshape(-1).index_select(0, group_at.index_select(0, larger))
+            - torch.lgamma(counts_larger + 1),
         )
         ctx.save_for_backward(
             rate,
@@ -87,7 +104,7 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
             theta_plus_rate_at,
         )
         ctx.nonzeros, ctx.n_groups = nonzeros, theta_groups.shape[0]
-        return dense.index_add(0, rows, at_counts)
+        return dense.index_add(0, rows, at_counts.add_(log_gamma_ratio))
 
     @staticmethod
     def backward(ctx, grad):
@@ -105,22 +122,23 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
         nonzeros = ctx.nonzeros
         counts = nonzeros.counts
         grad_rows = grad.unsqueeze(1)
-        inverse = theta_plus_rate.reciprocal()
+        grad_at = grad.index_select(0, nonzeros.rows)
+        ratio = rate / theta_plus_rate  # mu / (theta + mu)
         grad_theta_groups = None
         if ctx.needs_input_grad[2]:
-            # d/d theta: log theta + 1 - log(theta + mu) - theta / (theta + mu), plus where x > 0
+            # d/d theta: log theta - log(theta + mu) + mu / (theta + mu), plus where x > 0
             # -x / (theta + mu) + digamma(x + theta) - digamma(theta); theta is constant within a group's column
             group_weights = (F.one_hot(group, ctx.n_groups).to(grad.dtype) * grad_rows).T  # (groups, rows)
-            grad_theta_groups = group_weights.sum(dim=1, keepdim=True) * (torch.log(theta_groups) + 1.0)
-            grad_theta_groups -= group_weights @ log_theta_plus_rate + theta_groups * (group_weights @ inverse)
-            at_counts = _digamma_increment(counts, theta_at, torch.digamma(theta_groups).view(-1), group_at)
-            at_counts = (at_counts - counts / theta_plus_rate_at) * grad.index_select(0, nonzeros.rows)
-            grad_theta_groups.view(-1).index_add_(0, group_at, at_counts)
-        # d/d log mu: -theta mu / (theta + mu) = -mu (1 - mu / (theta + mu)) everywhere, plus x theta / (theta + mu)
-        # where x > 0
-        grad_log_rate = inverse.mul_(rate).sub_(1.0).mul_(rate)
-        grad_log_rate.view(-1).index_add_(0, nonzeros.flat, counts * theta_at / theta_plus_rate_at)
-        grad_log_rate.mul_(grad_rows)
+            grad_theta_groups = group_weights.sum(dim=1, keepdim=True) * torch.log(theta_groups)
+            grad_theta_groups += group_weights @ ratio - group_weights @ log_theta_plus_rate
+            at_counts = _digamma_increment(
+                counts, theta_at, torch.digamma(theta_groups).view(-1), group_at, nonzeros.larger
+            )
+            grad_theta_groups.view(-1).index_add_(0, group_at, (at_counts - counts / theta_plus_rate_at) * grad_at)
+        # d/d log mu: -theta mu / (theta + mu) = mu (mu / (theta + mu) - 1) everywhere, plus x theta / (theta + mu)
+        # where x > 0; times the row's output gradient
+        grad_log_rate = ratio.sub_(1.0).mul_(rate).mul_(grad_rows)
+        grad_log_rate.view(-1).index_add_(0, nonzeros.flat, counts * theta_at / theta_plus_rate_at * grad_at)
         grad_log_library = grad_log_rate.sum(dim=1, keepdim=True)
         # log mu = logits - logsumexp(logits) + log_library: subtract softmax * the row sum
         grad_logits = grad_log_rate.addcmul_(rate, grad_log_library / library, value=-1.0)
@@ -128,15 +146,18 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
 
 
 def _digamma_increment(
-    counts: torch.Tensor, theta: torch.Tensor, digamma_table: torch.Tensor, table_index: torch.Tensor
+    counts: torch.Tensor,
+    theta: torch.Tensor,
+    digamma_table: torch.Tensor,
+    table_index: torch.Tensor,
+    larger: torch.Tensor,
 ) -> torch.Tensor:
     """``digamma(counts + theta) - digamma(theta)`` for counts >= 1, ``digamma(theta)`` read from a table.
 
     It is ``1 / theta`` at ``counts == 1`` (``digamma(1 + t) = digamma(t) + 1 / t``), most non-zero counts of
-    single-cell data; ``digamma`` is evaluated at the others only.
+    single-cell data; ``digamma`` is evaluated at the others only, whose positions are ``larger``.
     """
     increment = theta.reciprocal()
-    larger = (counts > 1).nonzero().squeeze(1)
     digamma_at = torch.digamma(counts.index_select(0, larger) + theta.index_select(0, larger))
     digamma_theta = digamma_table.index_select(0, table_index.index_select(0, larger))
     return increment.index_copy_(0, larger, digamma_at - digamma_theta)

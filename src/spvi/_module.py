@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Normal
 from torch.nn import functional as F
 
 from spvi._constants import PRESENCE_KEY, data_key, nonzero_key
+from spvi._divergences import jeffreys_divergence, standard_normal_kl
 from spvi._likelihoods import LIKELIHOODS
 from spvi._nn import ModalityDecoder, ModalityEncoder
 from spvi._objectives import Objective, Term, make_objective
@@ -41,9 +43,9 @@ def product_of_experts(qz: list[Normal], weights: torch.Tensor) -> Normal:
     return Normal(weighted_mean / precision, precision.rsqrt(), validate_args=False)
 
 
-def _standard_normal_kl(q: Normal) -> torch.Tensor:
-    """KL(q || N(0, I)) summed over latent dimensions, ``(n,)``: ``(scale^2 + loc^2 - 1) / 2 - log(scale)``."""
-    return (0.5 * (q.scale.pow(2) + q.loc.pow(2) - 1.0) - torch.log(q.scale)).sum(-1)
+def _rsample(q: Normal) -> torch.Tensor:
+    """``q.rsample()``, the same draw, as one differentiable operator: ``loc + eps * scale``."""
+    return torch.addcmul(q.loc, torch.randn_like(q.loc), q.scale)
 
 
 class SPVAE(BaseModuleClass):
@@ -314,7 +316,7 @@ class SPVAE(BaseModuleClass):
     @staticmethod
     def shared_expert_kl(qz_shared: list[Normal]) -> torch.Tensor:
         """``(n, M)``: KL(q_m(z_shared | x_m) || N(0, I)) of each modality's encoder, summed over dimensions."""
-        return torch.stack([_standard_normal_kl(q) for q in qz_shared], dim=1)
+        return torch.stack([standard_normal_kl(q.loc, q.scale) for q in qz_shared], dim=1)
 
     def shared_posterior_mean(self, qz_shared: list[Normal], presence: torch.Tensor) -> torch.Tensor:
         """Mean of the joint posterior of ``z_shared`` given the modalities in ``presence`` (``NaN``: none)."""
@@ -336,8 +338,8 @@ class SPVAE(BaseModuleClass):
         the stacked terms, and per term its validity, the KL of its ``z_shared`` and of its private blocks, and its
         shared sample.
         """
-        z_private = [q.rsample() for q in qz_private]
-        kl_private = torch.stack([_standard_normal_kl(q) for q in qz_private], dim=1)  # (n, M)
+        z_private = [_rsample(q) for q in qz_private]
+        kl_private = torch.stack([standard_normal_kl(q.loc, q.scale) for q in qz_private], dim=1)  # (n, M)
 
         decoder_inputs: list[list[torch.Tensor]] = [[] for _ in range(self.n_modalities)]
         marginal: list[list[torch.Tensor]] = [[] for _ in range(self.n_modalities)]
@@ -346,10 +348,10 @@ class SPVAE(BaseModuleClass):
         for t, term in enumerate(self.objective.terms):
             experts = self._term_experts(term, presence)
             posterior = self._term_posterior(term, qz_shared, experts)
-            z_shared = posterior.rsample()
+            z_shared = _rsample(posterior)
             z_shared_samples.append(z_shared)
             valid.append(self._term_is_valid(term, presence))
-            kl_shared.append(_standard_normal_kl(posterior))
+            kl_shared.append(standard_normal_kl(posterior.loc, posterior.scale))
             kl_private_blocks.append((kl_private * experts).sum(dim=1))
             targets = range(self.n_modalities) if term.targets is None else term.targets
             for m in targets:
@@ -359,7 +361,7 @@ class SPVAE(BaseModuleClass):
                     private_input = torch.where(own_modality, z_private[m], z_private[m].detach())
                     marginal[m].append(torch.zeros_like(own_modality))
                 else:
-                    private_input = torch.where(own_modality, z_private[m], torch.zeros_like(z_private[m]))
+                    private_input = torch.where(own_modality, z_private[m], 0.0)
                     marginal[m].append(~own_modality)
                 decoder_inputs[m].append(torch.cat([shared_input, private_input], dim=1))
                 stacked_terms[m].append(t)
@@ -400,49 +402,52 @@ class SPVAE(BaseModuleClass):
         valid = generative_outputs["valid"].to(kl_shared.dtype)
         weights = valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0) if self.objective.mixture else valid
         reconstruction = self.reconstruction_per_term(tensors, inference_outputs["presence"], generative_outputs)
-        kl = kl_shared + kl_private
-        term_loss = sum(reconstruction) + kl_weight * (self.shared_kl_weight * kl_shared + kl_private)
+        term_loss = functools.reduce(torch.add, reconstruction) + kl_weight * (
+            self.shared_kl_weight * kl_shared + kl_private
+        )
         extra_metrics = {}
         if self.classifier is not None:
             label_loss = self._label_loss(tensors[REGISTRY_KEYS.LABELS_KEY], generative_outputs["z_shared"])
             term_loss = term_loss + self.label_weight * label_loss
-            extra_metrics["label_loss"] = (weights * label_loss).sum(dim=1).mean()
+            extra_metrics["label_loss"] = (weights * label_loss).sum(dim=1).mean().detach()
 
         loss = (weights * term_loss).sum(dim=1).mean()
         if self.alignment_weight > 0:
-            alignment = self.alignment_penalty(inference_outputs["qz_shared"], inference_outputs["presence"])
-            loss = loss + self.alignment_weight * alignment.mean()
-            extra_metrics["alignment"] = alignment.mean().detach()
-        if not torch.isfinite(loss):
-            self._raise_non_finite(reconstruction, kl, extra_metrics)
-        if not self.training:
-            # validation (and evaluation) only: "cross_modal_nll_validation" in model.history, a diagnostic
-            extra_metrics["cross_modal_nll"] = self.cross_modal_nll(tensors, inference_outputs).mean()
-        # each modality's reconstruction term per epoch in model.history ("reconstruction_<modality>_train")
-        for m, name in enumerate(self.modalities):
-            extra_metrics[f"reconstruction_{name}"] = (weights * reconstruction[m]).sum(dim=1).mean().detach()
-        return LossOutput(
-            loss=loss,
-            reconstruction_loss={
+            alignment = self.alignment_penalty(inference_outputs["qz_shared"], inference_outputs["presence"]).mean()
+            loss = loss + self.alignment_weight * alignment
+            extra_metrics["alignment"] = alignment.detach()
+        # what is reported per cell and per epoch is not differentiated
+        with torch.no_grad():
+            kl = kl_shared + kl_private
+            if not torch.isfinite(loss):
+                self._raise_non_finite(reconstruction, kl, extra_metrics)
+            if not self.training:
+                # validation (and evaluation) only: "cross_modal_nll_validation" in model.history, a diagnostic
+                extra_metrics["cross_modal_nll"] = self.cross_modal_nll(tensors, inference_outputs).mean()
+            reconstruction_per_cell = {
                 f"reconstruction_{name}": (weights * reconstruction[m]).sum(dim=1)
                 for m, name in enumerate(self.modalities)
-            },
-            kl_local={"kl": (weights * kl).sum(dim=1)},
-            extra_metrics=extra_metrics,
+            }
+            # each modality's reconstruction term per epoch in model.history ("reconstruction_<modality>_train")
+            extra_metrics.update({key: value.mean() for key, value in reconstruction_per_cell.items()})
+            kl_local = {"kl": (weights * kl).sum(dim=1)}
+        return LossOutput(
+            loss=loss, reconstruction_loss=reconstruction_per_cell, kl_local=kl_local, extra_metrics=extra_metrics
         )
 
     @staticmethod
     def alignment_penalty(qz_shared: list[Normal], presence: torch.Tensor) -> torch.Tensor:
         """``(n,)`` Jeffreys divergence between the experts' ``z_shared`` posteriors, summed over observed pairs."""
-        penalty = torch.zeros(presence.shape[0], device=presence.device)
+        penalties = []
         for j in range(len(qz_shared)):
             for k in range(j + 1, len(qz_shared)):
-                jeffreys = (kl_divergence(qz_shared[j], qz_shared[k]) + kl_divergence(qz_shared[k], qz_shared[j])).sum(
-                    -1
+                jeffreys = jeffreys_divergence(
+                    qz_shared[j].loc, qz_shared[j].scale, qz_shared[k].loc, qz_shared[k].scale
                 )
-                pair = presence[:, j] & presence[:, k]
-                penalty = penalty + torch.where(pair, jeffreys, torch.zeros_like(jeffreys))
-        return penalty
+                penalties.append(torch.where(presence[:, j] & presence[:, k], jeffreys, 0.0))
+        if not penalties:
+            return torch.zeros(presence.shape[0], device=presence.device)
+        return functools.reduce(torch.add, penalties)
 
     def _raise_non_finite(self, reconstruction: list[torch.Tensor], kl: torch.Tensor, extra_metrics: dict) -> None:
         parts = {f"reconstruction of {name!r}": reconstruction[m] for m, name in enumerate(self.modalities)}
@@ -465,15 +470,21 @@ class SPVAE(BaseModuleClass):
         n_obs, n_terms = presence.shape[0], len(self.objective.terms)
         reconstruction = []
         for m in range(self.n_modalities):
-            per_term = torch.zeros(n_obs, n_terms, device=presence.device)
             params = generative_outputs["params"][m]
-            if params is not None:
-                terms = generative_outputs["stacked_terms"][m]
-                # parameters (n_terms * n, features) viewed as (n_terms, n, features) broadcast against x
-                per_sample = {key: value.view(len(terms), n_obs, -1) for key, value in params.items()}
-                log_lik = self.minibatch_log_likelihood(m, tensors, per_sample).T  # (n, n_terms)
-                per_term[:, terms] = torch.where(presence[:, m : m + 1], -log_lik, torch.zeros_like(log_lik))
-            reconstruction.append(per_term)
+            if params is None:
+                reconstruction.append(torch.zeros(n_obs, n_terms, device=presence.device))
+                continue
+            terms = generative_outputs["stacked_terms"][m]
+            # parameters (n_terms * n, features) viewed as (n_terms, n, features) broadcast against x
+            per_sample = {key: value.view(len(terms), n_obs, -1) for key, value in params.items()}
+            log_lik = self.minibatch_log_likelihood(m, tensors, per_sample).T  # (n, len(terms))
+            observed_nll = torch.where(presence[:, m : m + 1], -log_lik, 0.0)
+            if terms == list(range(n_terms)):  # every term decodes m (MMVAE++, MMVAE, MoPoE-VAE, MVAE)
+                reconstruction.append(observed_nll)
+            else:
+                per_term = torch.zeros(n_obs, n_terms, device=presence.device)
+                per_term[:, terms] = observed_nll
+                reconstruction.append(per_term)
         return reconstruction
 
     def minibatch_log_likelihood(
