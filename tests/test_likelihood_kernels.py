@@ -15,6 +15,7 @@ def _counts(seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     counts = torch.poisson(torch.full((N_OBS, N_FEATURES), 1.5, dtype=torch.float64), generator=generator)
     counts[0, :3] = torch.tensor([0.0, 1.0, 40.0])
+    counts[1, :2] = torch.tensor([0.5, 2.5])  # the kernels hold for any count >= 0 (spvi's data are integers)
     return counts
 
 
@@ -125,13 +126,13 @@ def test_leading_axes_are_blocks_of_rows_against_the_same_data(shape):
     torch.testing.assert_close(log_lik.reshape(-1, N_OBS), torch.stack(per_block))
 
 
-def test_digamma_increment_at_ones_and_larger_counts():
-    counts = torch.tensor([1.0, 1.0, 2.0, 7.0, 300.0], dtype=torch.float64)
+def test_digamma_increment_at_ones_and_other_counts():
+    counts = torch.tensor([1.0, 1.0, 2.0, 7.0, 300.0, 0.5], dtype=torch.float64)
     theta_table = torch.tensor([0.01, 0.7, 3.0, 1e4], dtype=torch.float64)
-    table_index = torch.tensor([0, 3, 1, 2, 0])
+    table_index = torch.tensor([0, 3, 1, 2, 0, 1])
     theta = theta_table[table_index]
-    larger = (counts > 1).nonzero().squeeze(1)
-    increment = _digamma_increment(counts, theta, torch.digamma(theta_table), table_index, larger)
+    not_one = (counts != 1).nonzero().squeeze(1)
+    increment = _digamma_increment(counts, theta, torch.digamma(theta_table), table_index, not_one)
     torch.testing.assert_close(increment, torch.digamma(counts + theta) - torch.digamma(theta))
 
 

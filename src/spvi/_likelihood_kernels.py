@@ -28,8 +28,8 @@ class Nonzeros:
 
     Parameter rows are ``n_blocks`` blocks of ``n`` rows (one per latent sample or objective term), each
     block against the same ``x``. ``rows`` index the stacked rows, ``cols`` the features, ``flat`` the flattened
-    ``(rows, features)`` parameters, ``counts`` are the values of ``x`` there, ``larger`` the positions (in these
-    entries) of the counts above 1. ``nonzero_index``, the positions of the non-zero entries in ``x.view(-1)``
+    ``(rows, features)`` parameters, ``counts`` are the values of ``x`` there, ``not_one`` the positions (in these
+    entries) of the counts other than 1. ``nonzero_index``, the positions of the non-zero entries in ``x.view(-1)``
     (from the data loader), saves searching ``x`` for them. Each is computed for one block and offset per block.
     """
 
@@ -47,10 +47,10 @@ class Nonzeros:
         self._blocks = blocks
 
     @functools.cached_property
-    def larger(self) -> torch.Tensor:
-        """Positions of the entries whose count is above 1."""
-        larger = (self._block_counts > 1).nonzero().squeeze(1)
-        return (self._blocks * self._block_counts.numel() + larger).reshape(-1)
+    def not_one(self) -> torch.Tensor:
+        """Positions of the entries whose count is not 1 (where no shortcut at ``x == 1`` applies)."""
+        not_one = (self._block_counts != 1).nonzero().squeeze(1)
+        return (self._blocks * self._block_counts.numel() + not_one).reshape(-1)
 
 
 class _SoftmaxNegativeBinomial(torch.autograd.Function):
@@ -75,7 +75,7 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
         dense = (log_theta_plus_rate @ theta_groups.T).gather(1, group.unsqueeze(1)).squeeze(1)
         dense = theta_log_theta.index_select(0, group) - dense
         # where x > 0: x (log mu - log(theta + mu)) + lgamma(x + theta) - lgamma(theta) - lgamma(x + 1), with
-        # theta read from the per-group table; the lgamma terms are log(theta) at x == 1, evaluated at x > 1 only
+        # theta read from the per-group table; the lgamma terms are log(theta) at x == 1 and evaluated elsewhere
         rows, flat, counts = nonzeros.rows, nonzeros.flat, nonzeros.counts
         group_at = group.index_select(0, rows) * theta_groups.shape[1] + nonzeros.cols
         theta_at = theta_groups.reshape(-1).index_select(0, group_at)
@@ -83,14 +83,14 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
         log_rate_at = logits.reshape(-1).index_select(0, flat) - log_normaliser.reshape(-1).index_select(0, rows)
         at_counts = counts * (log_rate_at - log_theta_plus_rate.reshape(-1).index_select(0, flat))
         log_gamma_ratio = log_theta_groups.reshape(-1).index_select(0, group_at)
-        larger = nonzeros.larger
-        counts_larger = counts.index_select(0, larger)
+        not_one = nonzeros.not_one
+        counts_not_one = counts.index_select(0, not_one)
         log_gamma_ratio.index_copy_(
             0,
-            larger,
-            torch.lgamma(counts_larger + theta_at.index_select(0, larger))
-            - torch.lgamma(theta_groups).reshape(-1).index_select(0, group_at.index_select(0, larger))
-            - torch.lgamma(counts_larger + 1),
+            not_one,
+            torch.lgamma(counts_not_one + theta_at.index_select(0, not_one))
+            - torch.lgamma(theta_groups).reshape(-1).index_select(0, group_at.index_select(0, not_one))
+            - torch.lgamma(counts_not_one + 1),
         )
         ctx.save_for_backward(
             rate,
@@ -132,7 +132,7 @@ class _SoftmaxNegativeBinomial(torch.autograd.Function):
             grad_theta_groups = group_weights.sum(dim=1, keepdim=True) * torch.log(theta_groups)
             grad_theta_groups += group_weights @ ratio - group_weights @ log_theta_plus_rate
             at_counts = _digamma_increment(
-                counts, theta_at, torch.digamma(theta_groups).view(-1), group_at, nonzeros.larger
+                counts, theta_at, torch.digamma(theta_groups).view(-1), group_at, nonzeros.not_one
             )
             grad_theta_groups.view(-1).index_add_(0, group_at, (at_counts - counts / theta_plus_rate_at) * grad_at)
         # d/d log mu: -theta mu / (theta + mu) = mu (mu / (theta + mu) - 1) everywhere, plus x theta / (theta + mu)
@@ -150,17 +150,17 @@ def _digamma_increment(
     theta: torch.Tensor,
     digamma_table: torch.Tensor,
     table_index: torch.Tensor,
-    larger: torch.Tensor,
+    not_one: torch.Tensor,
 ) -> torch.Tensor:
-    """``digamma(counts + theta) - digamma(theta)`` for counts >= 1, ``digamma(theta)`` read from a table.
+    """``digamma(counts + theta) - digamma(theta)`` for counts > 0, ``digamma(theta)`` read from a table.
 
     It is ``1 / theta`` at ``counts == 1`` (``digamma(1 + t) = digamma(t) + 1 / t``), most non-zero counts of
-    single-cell data; ``digamma`` is evaluated at the others only, whose positions are ``larger``.
+    single-cell data; ``digamma`` is evaluated at the others only, whose positions are ``not_one``.
     """
     increment = theta.reciprocal()
-    digamma_at = torch.digamma(counts.index_select(0, larger) + theta.index_select(0, larger))
-    digamma_theta = digamma_table.index_select(0, table_index.index_select(0, larger))
-    return increment.index_copy_(0, larger, digamma_at - digamma_theta)
+    digamma_at = torch.digamma(counts.index_select(0, not_one) + theta.index_select(0, not_one))
+    digamma_theta = digamma_table.index_select(0, table_index.index_select(0, not_one))
+    return increment.index_copy_(0, not_one, digamma_at - digamma_theta)
 
 
 class _BernoulliWithDepth(torch.autograd.Function):
