@@ -9,7 +9,7 @@ DEVICE="${1:-$("$PYTHON" -c 'import torch; print("cuda" if torch.cuda.is_availab
 export PYTHONWARNINGS=ignore
 if [ "$DEVICE" = cpu ]; then
   # SNARE-seq, every objective and MULTIVI, one and two torch threads; bare torch loop beside MMVAE++
-  "$PYTHON" run_speed.py --device cpu --threads 1 --datasets mop --epochs 2 --rounds 6 \
+  "$PYTHON" run_speed.py --device cpu --threads 1 --datasets mop --epochs 2 --rounds 8 \
     --output results/speed_cpu_fp32_b128_1thread_mop.csv
   "$PYTHON" run_speed.py --device cpu --threads 2 --datasets mop --epochs 2 --rounds 6 --objectives mmvae++ \
     --output results/speed_cpu_fp32_b128_2threads_mop.csv

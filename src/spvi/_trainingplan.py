@@ -27,9 +27,9 @@ class SPVITrainingPlan(TrainingPlan):
     Training metrics are logged per epoch (scvi-tools' default ``on_step=False, on_epoch=True``) with the same
     names and values as scvi-tools logs them, but accumulated in the training step as plain sums and handed to
     Lightning once per epoch, and the per-step ``kl_weight`` only on the steps whose logs Lightning writes:
-    Lightning's per-call logging machinery cost about 1.3 ms per call and the ``torchmetrics`` updates of the ELBO
-    components about 0.4 ms per step, together 7% of a SNARE-seq training step on a CPU. With ``on_step=True`` the
-    plan logs as scvi-tools does.
+    Lightning's per-call logging machinery cost about 1.3 ms per call (5% of a SNARE-seq training step on a CPU), and
+    the ELBO's ``torchmetrics`` objects three metric updates per step. With ``on_step=True`` the plan logs as
+    scvi-tools does.
     """
 
     def on_train_epoch_start(self) -> None:
