@@ -42,9 +42,13 @@ class Nonzeros:
         blocks = torch.arange(n_blocks, device=x.device).unsqueeze(1)
         self.flat = (blocks * (n_obs * n_features) + nonzero_index).reshape(-1)
         self.rows = (blocks * n_obs + rows).reshape(-1)
-        self.cols = (nonzero_index - rows * n_features).repeat(n_blocks)
         self.counts = self._block_counts.repeat(n_blocks)
-        self._blocks = blocks
+        self._blocks, self._n_features = blocks, n_features
+
+    @functools.cached_property
+    def cols(self) -> torch.Tensor:
+        """Feature of each entry (only the NB kernel needs it)."""
+        return self.flat - self.rows * self._n_features
 
     @functools.cached_property
     def not_one(self) -> torch.Tensor:
